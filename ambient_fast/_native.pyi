@@ -1,0 +1,104 @@
+"""Typed surface of the Rust extension (native/src/python.rs): rustls mTLS, HBONE, pumps.
+
+Every coroutine here runs on the extension's tokio runtime; bytes never enter Python.
+Socket fds passed in are owned by the extension afterwards (pass `sock.detach()`).
+"""
+
+__version__: str
+
+class HboneError(Exception):
+    """An HBONE connection or stream failed (connect, TLS, HTTP/2, reset)."""
+
+class Http2Settings:
+    """HTTP/2 and handshake tunables; the defaults are ztunnel's (reference 01)."""
+
+    def __init__(
+        self,
+        *,
+        stream_window: int = 4194304,
+        connection_window: int = 16777216,
+        max_frame_size: int = 1048576,
+        max_concurrent_streams: int = 200,
+        max_header_list_size: int = 16384,
+        keepalive_interval: float = 10.0,
+        keepalive_timeout: float = 20.0,
+        handshake_timeout: float = 10.0,
+    ) -> None: ...
+
+class TlsIdentity:
+    """A workload's certificate chain, key and mesh roots (PEM). Raises ValueError."""
+
+    def __init__(self, chain_pem: bytes, key_pem: bytes, roots_pem: bytes) -> None: ...
+    @property
+    def spiffe_id(self) -> str: ...
+    @property
+    def trust_domain(self) -> str: ...
+
+class ServerCertificates:
+    """Which identity an HBONE server presents, by local (destination) IP; None = default."""
+
+    def __init__(self) -> None: ...
+    def set(self, ip: str | None, identity: TlsIdentity) -> None: ...
+    def remove(self, ip: str | None) -> None: ...
+
+class ConnectRequest:
+    """A CONNECT awaiting a decision: exactly one of `accept` or `reject`."""
+
+    @property
+    def authority(self) -> str: ...
+    @property
+    def peer_identity(self) -> str: ...
+    @property
+    def peer_addr(self) -> tuple[str, int]: ...
+    @property
+    def local_addr(self) -> tuple[str, int]: ...
+    @property
+    def headers(self) -> list[tuple[str, str]]: ...
+    def reject(self, status: int) -> None: ...
+    async def accept(self, fd: int, headers: list[tuple[str, str]] = ...) -> tuple[int, int]:
+        """Answers 200 and pumps; returns (stream->socket, socket->stream) byte counts."""
+
+class HboneServer:
+    def __init__(
+        self,
+        listen_fd: int,
+        certificates: ServerCertificates,
+        settings: Http2Settings | None = None,
+    ) -> None: ...
+    async def next_request(self) -> ConnectRequest: ...
+    def drain(self) -> None: ...
+
+class HboneStream:
+    """An opened CONNECT stream (any status)."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[str, str]]: ...
+    async def pump(self, fd: int) -> tuple[int, int]:
+        """Pumps a socket through the stream; returns (socket->stream, stream->socket)."""
+    def close(self) -> None: ...
+
+class HbonePool:
+    def __init__(
+        self,
+        settings: Http2Settings | None = None,
+        *,
+        max_streams_per_connection: int = 100,
+        idle_timeout: float = 300.0,
+        connect_timeout: float = 10.0,
+    ) -> None: ...
+    async def connect(
+        self,
+        destination: str,
+        identity: TlsIdentity,
+        expected_identities: list[str],
+        authority: str,
+        headers: list[tuple[str, str]],
+        source_ip: str | None = None,
+    ) -> HboneStream: ...
+    def connection_count(self) -> int: ...
+    def close(self) -> None: ...
+
+def configure_runtime(worker_threads: int) -> None: ...
+def crypto_provider() -> str: ...

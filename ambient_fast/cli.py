@@ -1,0 +1,87 @@
+"""The `ambient-fast` command: one subcommand per component or tool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ambient_fast import __version__
+
+
+def _version(_: argparse.Namespace) -> int:
+    from ambient_fast import _native
+
+    print(f"ambient-fast {__version__}")
+    print(f"native {_native.__version__}")
+    print(f"tls {_native.crypto_provider()}")
+    return 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from ambient_fast.splice import serve_relay_forever
+
+    return serve_relay_forever(args.listen, args.to)
+
+
+def _tunnel(args: argparse.Namespace) -> int:
+    from ambient_fast.hbone.tunnel import run_tunnel
+
+    return run_tunnel(args)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from ambient_fast.identity.files import write_demo_certificates
+
+    return write_demo_certificates(args.out, args.identity, args.trust_domain)
+
+
+def _perf(args: argparse.Namespace) -> int:
+    from ambient_fast.perf_entry import run_perf
+
+    return run_perf(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ambient-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("version", help="print package, native crate and TLS provider versions")
+
+    relay = sub.add_parser("relay", help="plaintext TCP relay with splice(2)")
+    relay.add_argument("--listen", required=True, metavar="HOST:PORT")
+    relay.add_argument("--to", required=True, metavar="HOST:PORT")
+
+    tunnel = sub.add_parser("tunnel", help="an HBONE (mTLS HTTP/2 CONNECT) tunnel endpoint")
+    from ambient_fast.hbone.tunnel import add_arguments as add_tunnel_arguments
+
+    add_tunnel_arguments(tunnel)
+
+    certs = sub.add_parser("certs", help="create a mesh root and workload certificates")
+    certs.add_argument("--out", required=True, metavar="DIR")
+    certs.add_argument("--identity", action="append", required=True, metavar="SPIFFE_ID")
+    certs.add_argument("--trust-domain", default="cluster.local")
+
+    perf = sub.add_parser("perf", help="benchmarks with ratios to anchors (source checkout)")
+    perf.add_argument("suite", choices=["l4"])
+    perf.add_argument("--duration", type=float, default=5.0, metavar="S")
+    perf.add_argument("--json", metavar="FILE")
+    return parser
+
+
+_HANDLERS = {
+    "version": _version,
+    "relay": _relay,
+    "tunnel": _tunnel,
+    "certs": _certs,
+    "perf": _perf,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _HANDLERS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""A mesh certificate authority and the workload certificates it issues.
+
+Used by the standalone (self-signed) mode, by the control plane's CA and by test fixtures.
+Workload certificates follow Istio: EC P-256 keys, empty subject, one critical URI SAN.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ambient_fast.identity.spiffe import Identity
+
+# Istio's default workload certificate lifetime (SECRET_TTL) and root lifetime (10 years).
+DEFAULT_WORKLOAD_TTL = datetime.timedelta(hours=24)
+DEFAULT_ROOT_TTL = datetime.timedelta(days=3650)
+# Backdate notBefore a little so peers with slightly skewed clocks accept new certificates.
+_CLOCK_SKEW = datetime.timedelta(minutes=1)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadCertificate:
+    """PEM material for one identity: the leaf chain, its key and the roots to trust."""
+
+    identity: str
+    chain_pem: bytes
+    key_pem: bytes
+    roots_pem: bytes
+
+    def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
+        cert_path.write_bytes(self.chain_pem)
+        key_path.write_bytes(self.key_pem)
+        key_path.chmod(0o600)
+        return cert_path, key_path
+
+
+class MeshCA:
+    """A root CA that signs SPIFFE workload certificates."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        self._key = key
+        self.cert = cert
+        self.root_pem = cert.public_bytes(serialization.Encoding.PEM)
+
+    @classmethod
+    def create(
+        cls, trust_domain: str = "cluster.local", ttl: datetime.timedelta = DEFAULT_ROOT_TTL
+    ) -> MeshCA:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_after(now + ttl)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    @classmethod
+    def load(cls, cert_pem: bytes, key_pem: bytes) -> MeshCA:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("mesh CA key: only EC keys are supported")
+        return cls(key, x509.load_pem_x509_certificate(cert_pem))
+
+    @property
+    def key_pem(self) -> bytes:
+        return _pem_key(self._key)
+
+    def sign(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        san_uris: list[str],
+        ttl: datetime.timedelta = DEFAULT_WORKLOAD_TTL,
+    ) -> bytes:
+        """Signs a leaf certificate for `public_key` carrying `san_uris`; returns its PEM."""
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - _CLOCK_SKEW)
+            .not_valid_after(now + ttl)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+            # Empty subject, so the SAN must be critical (RFC 5280 4.2.1.6), as Istio issues it.
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in san_uris]),
+                critical=True,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(
+        self, identity: Identity | str, ttl: datetime.timedelta = DEFAULT_WORKLOAD_TTL
+    ) -> WorkloadCertificate:
+        """Creates a P-256 key and a certificate for `identity` (standalone mode, fixtures)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        chain = self.sign(key.public_key(), [str(identity)], ttl)
+        return WorkloadCertificate(str(identity), chain, _pem_key(key), self.root_pem)

@@ -1,0 +1,422 @@
+//! The `ambient_fast._native` module: typed in ambient_fast/_native.pyi. Every awaitable
+//! returned here runs on the shared tokio runtime; Python only sees the start and the end.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::Response;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3_async_runtimes::tokio::{future_into_py, get_runtime};
+use tokio::sync::{mpsc, watch};
+
+use crate::pool::{Pool, PoolKey, PoolOptions, StreamSlot};
+use crate::pump::pump;
+use crate::server::{respond_status, serve, CertSelector, InboundConnect};
+use crate::settings::{self, tune_socket, H2Settings};
+use crate::tls::{self, Identity};
+
+create_exception!(_native, HboneError, PyException, "An HBONE connection or stream failed.");
+
+type Headers = Vec<(String, String)>;
+
+fn parse_ip(ip: &str) -> PyResult<IpAddr> {
+    ip.parse().map_err(|_| PyValueError::new_err(format!("not an IP address: {ip:?}")))
+}
+
+fn addr_tuple(addr: SocketAddr) -> (String, u16) {
+    (addr.ip().to_string(), addr.port())
+}
+
+/// Takes ownership of a connected TCP socket fd (the caller has detached it from Python).
+fn adopt_stream(fd: RawFd) -> std::io::Result<tokio::net::TcpStream> {
+    // SAFETY: the caller transfers ownership of an open socket fd; nothing else closes it.
+    let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    std.set_nonblocking(true)?;
+    let tcp = tokio::net::TcpStream::from_std(std)?;
+    tune_socket(&tcp);
+    Ok(tcp)
+}
+
+fn pump_error(e: impl std::fmt::Display) -> PyErr {
+    HboneError::new_err(e.to_string())
+}
+
+/// HTTP/2 and handshake tunables; defaults are ztunnel's.
+#[pyclass(frozen, module = "ambient_fast._native")]
+#[derive(Clone)]
+struct Http2Settings {
+    inner: H2Settings,
+}
+
+#[pymethods]
+impl Http2Settings {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        stream_window = settings::DEFAULT_STREAM_WINDOW,
+        connection_window = settings::DEFAULT_CONNECTION_WINDOW,
+        max_frame_size = settings::DEFAULT_MAX_FRAME_SIZE,
+        max_concurrent_streams = settings::DEFAULT_SERVER_MAX_STREAMS,
+        max_header_list_size = settings::DEFAULT_MAX_HEADER_LIST,
+        keepalive_interval = settings::DEFAULT_KEEPALIVE_INTERVAL.as_secs_f64(),
+        keepalive_timeout = settings::DEFAULT_KEEPALIVE_TIMEOUT.as_secs_f64(),
+        handshake_timeout = settings::DEFAULT_HANDSHAKE_TIMEOUT.as_secs_f64(),
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        stream_window: u32,
+        connection_window: u32,
+        max_frame_size: u32,
+        max_concurrent_streams: u32,
+        max_header_list_size: u32,
+        keepalive_interval: f64,
+        keepalive_timeout: f64,
+        handshake_timeout: f64,
+    ) -> PyResult<Self> {
+        let seconds = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| PyValueError::new_err(format!("{name}: not a duration: {v}")))
+        };
+        if !(16_384..=16_777_215).contains(&max_frame_size) {
+            return Err(PyValueError::new_err(format!(
+                "max_frame_size: {max_frame_size} outside HTTP/2's 16384..16777215"
+            )));
+        }
+        Ok(Self {
+            inner: H2Settings {
+                stream_window,
+                connection_window,
+                max_frame_size,
+                max_concurrent_streams,
+                max_header_list_size,
+                keepalive_interval: seconds("keepalive_interval", keepalive_interval)?,
+                keepalive_timeout: seconds("keepalive_timeout", keepalive_timeout)?,
+                handshake_timeout: seconds("handshake_timeout", handshake_timeout)?,
+            },
+        })
+    }
+}
+
+/// A workload identity: certificate chain, key and mesh roots (PEM).
+#[pyclass(frozen, module = "ambient_fast._native")]
+struct TlsIdentity {
+    inner: Arc<Identity>,
+    server_config: Arc<rustls::ServerConfig>,
+}
+
+#[pymethods]
+impl TlsIdentity {
+    #[new]
+    fn new(chain_pem: &[u8], key_pem: &[u8], roots_pem: &[u8]) -> PyResult<Self> {
+        let inner = Identity::from_pem(chain_pem, key_pem, roots_pem).map_err(PyValueError::new_err)?;
+        let server_config = inner.server_config().map_err(PyValueError::new_err)?;
+        Ok(Self { inner: Arc::new(inner), server_config })
+    }
+
+    #[getter]
+    fn spiffe_id(&self) -> &str {
+        &self.inner.spiffe_id
+    }
+
+    #[getter]
+    fn trust_domain(&self) -> &str {
+        &self.inner.trust_domain
+    }
+}
+
+/// The certificates an HBONE server presents, by local (destination) IP.
+#[pyclass(frozen, module = "ambient_fast._native")]
+struct ServerCertificates {
+    inner: Arc<CertSelector>,
+}
+
+#[pymethods]
+impl ServerCertificates {
+    #[new]
+    fn new() -> Self {
+        Self { inner: Arc::new(CertSelector::default()) }
+    }
+
+    #[pyo3(signature = (ip, identity))]
+    fn set(&self, ip: Option<&str>, identity: &TlsIdentity) -> PyResult<()> {
+        let ip = ip.map(parse_ip).transpose()?;
+        self.inner.set(ip, identity.server_config.clone());
+        Ok(())
+    }
+
+    #[pyo3(signature = (ip))]
+    fn remove(&self, ip: Option<&str>) -> PyResult<()> {
+        self.inner.remove(ip.map(parse_ip).transpose()?);
+        Ok(())
+    }
+}
+
+/// A listening HBONE server; CONNECTs are delivered to Python by `next_request`.
+#[pyclass(frozen, module = "ambient_fast._native")]
+struct HboneServer {
+    requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<InboundConnect>>>,
+    shutdown: watch::Sender<bool>,
+}
+
+#[pymethods]
+impl HboneServer {
+    #[new]
+    #[pyo3(signature = (listen_fd, certificates, settings = None))]
+    fn new(
+        listen_fd: RawFd,
+        certificates: &ServerCertificates,
+        settings: Option<Http2Settings>,
+    ) -> PyResult<Self> {
+        // SAFETY: the caller transfers ownership of a listening socket fd.
+        let std = unsafe { std::net::TcpListener::from_raw_fd(listen_fd) };
+        std.set_nonblocking(true)?;
+        let runtime = get_runtime();
+        let _context = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(std)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let settings = settings.map(|s| s.inner).unwrap_or_default();
+        runtime.spawn(serve(listener, certificates.inner.clone(), settings, tx, shutdown_rx));
+        Ok(Self { requests: Arc::new(tokio::sync::Mutex::new(rx)), shutdown })
+    }
+
+    fn next_request<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let requests = self.requests.clone();
+        future_into_py(py, async move {
+            match requests.lock().await.recv().await {
+                Some(connect) => Ok(ConnectRequest::from(connect)),
+                None => Err(HboneError::new_err("hbone server closed")),
+            }
+        })
+    }
+
+    /// Stops accepting and sends GOAWAY on every connection; open streams finish.
+    fn drain(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// One CONNECT waiting for Python's decision: `accept` (pump to a socket) or `reject`.
+#[pyclass(frozen, module = "ambient_fast._native")]
+struct ConnectRequest {
+    #[pyo3(get)]
+    authority: String,
+    #[pyo3(get)]
+    peer_identity: String,
+    #[pyo3(get)]
+    peer_addr: (String, u16),
+    #[pyo3(get)]
+    local_addr: (String, u16),
+    #[pyo3(get)]
+    headers: Headers,
+    pending: Mutex<Option<(SendResponse<Bytes>, RecvStream)>>,
+}
+
+impl From<InboundConnect> for ConnectRequest {
+    fn from(c: InboundConnect) -> Self {
+        Self {
+            authority: c.authority,
+            peer_identity: c.peer_identity,
+            peer_addr: addr_tuple(c.peer_addr),
+            local_addr: addr_tuple(c.local_addr),
+            headers: c.headers,
+            pending: Mutex::new(Some((c.respond, c.body))),
+        }
+    }
+}
+
+impl ConnectRequest {
+    fn take(&self) -> PyResult<(SendResponse<Bytes>, RecvStream)> {
+        self.pending
+            .lock()
+            .expect("request lock")
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err(format!("CONNECT {} already answered", self.authority)))
+    }
+}
+
+#[pymethods]
+impl ConnectRequest {
+    fn reject(&self, status: u16) -> PyResult<()> {
+        if !(400..=599).contains(&status) {
+            return Err(PyValueError::new_err(format!("reject status {status}: not an error")));
+        }
+        let (mut respond, _) = self.take()?;
+        respond_status(&mut respond, status);
+        Ok(())
+    }
+
+    #[pyo3(signature = (fd, headers = Vec::new()))]
+    fn accept<'py>(&self, py: Python<'py>, fd: RawFd, headers: Headers) -> PyResult<Bound<'py, PyAny>> {
+        let (mut respond, body) = self.take()?;
+        let mut response = Response::builder().status(200);
+        for (name, value) in &headers {
+            response = response.header(name.as_str(), value.as_str());
+        }
+        let response = response.body(()).map_err(|e| PyValueError::new_err(e.to_string()));
+        future_into_py(py, async move {
+            let tcp = adopt_stream(fd)?;
+            let send = respond.send_response(response?, false).map_err(pump_error)?;
+            pump(tcp, send, body).await.map_err(pump_error)
+        })
+    }
+}
+
+/// The outbound HBONE connection pool.
+#[pyclass(frozen, module = "ambient_fast._native")]
+struct HbonePool {
+    inner: Arc<Pool>,
+}
+
+#[pymethods]
+impl HbonePool {
+    #[new]
+    #[pyo3(signature = (
+        settings = None,
+        *,
+        max_streams_per_connection = settings::DEFAULT_CLIENT_MAX_STREAMS,
+        idle_timeout = settings::DEFAULT_POOL_IDLE.as_secs_f64(),
+        connect_timeout = settings::DEFAULT_CONNECT_TIMEOUT.as_secs_f64(),
+    ))]
+    fn new(
+        settings: Option<Http2Settings>,
+        max_streams_per_connection: usize,
+        idle_timeout: f64,
+        connect_timeout: f64,
+    ) -> PyResult<Self> {
+        let seconds = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .map_err(|_| PyValueError::new_err(format!("{name}: not a duration: {v}")))
+        };
+        if max_streams_per_connection == 0 {
+            return Err(PyValueError::new_err("max_streams_per_connection must be positive"));
+        }
+        let options = PoolOptions {
+            settings: settings.map(|s| s.inner).unwrap_or_default(),
+            max_streams_per_connection,
+            idle_timeout: seconds("idle_timeout", idle_timeout)?,
+            connect_timeout: seconds("connect_timeout", connect_timeout)?,
+        };
+        let _context = get_runtime().enter();
+        Ok(Self { inner: Pool::new(options) })
+    }
+
+    #[pyo3(signature = (destination, identity, expected_identities, authority, headers, source_ip = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn connect<'py>(
+        &self,
+        py: Python<'py>,
+        destination: &str,
+        identity: &TlsIdentity,
+        expected_identities: Vec<String>,
+        authority: String,
+        headers: Headers,
+        source_ip: Option<&str>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let destination: SocketAddr = destination.parse().map_err(|_| {
+            PyValueError::new_err(format!("destination {destination:?}: expected ip:port"))
+        })?;
+        if expected_identities.is_empty() {
+            return Err(PyValueError::new_err(format!(
+                "connect to {destination}: no expected identities (would trust any peer)"
+            )));
+        }
+        let source_ip = source_ip.map(parse_ip).transpose()?;
+        let identity = identity.inner.clone();
+        let key = PoolKey::new(identity.spiffe_id.clone(), expected_identities, source_ip, destination);
+        let pool = self.inner.clone();
+        future_into_py(py, async move {
+            let tunnel = pool.open(&key, &identity, &authority, &headers).await.map_err(HboneError::new_err)?;
+            Ok(HboneStream {
+                status: tunnel.status,
+                headers: tunnel.headers,
+                tunnel: Mutex::new(Some((tunnel.send, tunnel.recv, tunnel.slot))),
+            })
+        })
+    }
+
+    fn connection_count(&self) -> usize {
+        self.inner.connection_count()
+    }
+
+    fn close(&self) {
+        self.inner.close();
+    }
+}
+
+type OpenTunnel = (h2::SendStream<Bytes>, RecvStream, StreamSlot);
+
+/// An opened CONNECT stream: check `status`, then `pump` a socket through it.
+#[pyclass(frozen, module = "ambient_fast._native")]
+struct HboneStream {
+    #[pyo3(get)]
+    status: u16,
+    #[pyo3(get)]
+    headers: Headers,
+    tunnel: Mutex<Option<OpenTunnel>>,
+}
+
+#[pymethods]
+impl HboneStream {
+    fn pump<'py>(&self, py: Python<'py>, fd: RawFd) -> PyResult<Bound<'py, PyAny>> {
+        let (send, recv, slot) = self
+            .tunnel
+            .lock()
+            .expect("stream lock")
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("stream already pumped or closed"))?;
+        future_into_py(py, async move {
+            let tcp = adopt_stream(fd)?;
+            let counts = pump(tcp, send, recv).await.map_err(pump_error);
+            drop(slot);
+            counts
+        })
+    }
+
+    /// Resets the stream without pumping (for a rejected or abandoned tunnel).
+    fn close(&self) {
+        if let Some((mut send, _, _)) = self.tunnel.lock().expect("stream lock").take() {
+            send.send_reset(h2::Reason::CANCEL);
+        }
+    }
+}
+
+/// Sets the number of tokio worker threads; only before the first native call that needs them.
+#[pyfunction]
+fn configure_runtime(worker_threads: usize) -> PyResult<()> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(worker_threads.max(1)).enable_all().thread_name("ambient-native");
+    pyo3_async_runtimes::tokio::init(builder);
+    Ok(())
+}
+
+#[pyfunction]
+fn crypto_provider() -> String {
+    let suites: Vec<String> =
+        tls::provider().cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect();
+    format!("rustls 0.23, aws-lc-rs, TLS 1.3 only, suites {}", suites.join(", "))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    pyo3_log::init();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("HboneError", m.py().get_type::<HboneError>())?;
+    m.add_class::<Http2Settings>()?;
+    m.add_class::<TlsIdentity>()?;
+    m.add_class::<ServerCertificates>()?;
+    m.add_class::<HboneServer>()?;
+    m.add_class::<ConnectRequest>()?;
+    m.add_class::<HbonePool>()?;
+    m.add_class::<HboneStream>()?;
+    m.add_function(wrap_pyfunction!(configure_runtime, m)?)?;
+    m.add_function(wrap_pyfunction!(crypto_provider, m)?)?;
+    Ok(())
+}
