@@ -1,6 +1,7 @@
 """Typed surface of the Rust extension (native/src/python.rs): rustls mTLS, HBONE, pumps.
 
-Every coroutine here runs on the extension's tokio runtime; bytes never enter Python.
+Asynchronous operations take a Reactor and a token and complete on the reactor's queue
+(ambient_fast/hbone/completions.py turns them into futures); bytes never enter Python.
 Socket fds passed in are owned by the extension afterwards (pass `sock.detach()`).
 """
 
@@ -41,6 +42,16 @@ class ServerCertificates:
     def set(self, ip: str | None, identity: TlsIdentity) -> None: ...
     def remove(self, ip: str | None) -> None: ...
 
+class Reactor:
+    """The completion queue of one event loop (see ambient_fast/hbone/completions.py)."""
+
+    def __init__(self) -> None: ...
+    def fileno(self) -> int: ...
+    def drain(self) -> list[tuple[int, object]]:
+        """Finished operations as (token, result); failures carry an HboneError instance."""
+    def cancel(self, token: int) -> None: ...
+    def running(self) -> int: ...
+
 class ConnectRequest:
     """A CONNECT awaiting a decision: exactly one of `accept` or `reject`."""
 
@@ -55,8 +66,10 @@ class ConnectRequest:
     @property
     def headers(self) -> list[tuple[str, str]]: ...
     def reject(self, status: int) -> None: ...
-    async def accept(self, fd: int, headers: list[tuple[str, str]] = ...) -> tuple[int, int]:
-        """Answers 200 and pumps; returns (stream->socket, socket->stream) byte counts."""
+    def accept(
+        self, reactor: Reactor, token: int, fd: int, headers: list[tuple[str, str]] = ...
+    ) -> None:
+        """Answers 200 and pumps `fd`; completes with (to_upstream, to_peer) byte counts."""
 
 class HboneServer:
     def __init__(
@@ -65,7 +78,8 @@ class HboneServer:
         certificates: ServerCertificates,
         settings: Http2Settings | None = None,
     ) -> None: ...
-    async def next_request(self) -> ConnectRequest: ...
+    def next_request(self, reactor: Reactor, token: int) -> None:
+        """Completes with the next ConnectRequest; HboneError once the server has closed."""
     def drain(self) -> None: ...
 
 class HboneStream:
@@ -75,8 +89,8 @@ class HboneStream:
     def status(self) -> int: ...
     @property
     def headers(self) -> list[tuple[str, str]]: ...
-    async def pump(self, fd: int) -> tuple[int, int]:
-        """Pumps a socket through the stream; returns (socket->stream, stream->socket)."""
+    def pump(self, reactor: Reactor, token: int, fd: int) -> None:
+        """Pumps `fd`; completes with (socket->stream, stream->socket) byte counts."""
     def close(self) -> None: ...
 
 class HbonePool:
@@ -88,17 +102,24 @@ class HbonePool:
         idle_timeout: float = 300.0,
         connect_timeout: float = 10.0,
     ) -> None: ...
-    async def connect(
+    def connect(
         self,
+        reactor: Reactor,
+        token: int,
         destination: str,
         identity: TlsIdentity,
         expected_identities: list[str],
         authority: str,
         headers: list[tuple[str, str]],
         source_ip: str | None = None,
-    ) -> HboneStream: ...
+    ) -> None:
+        """Completes with an HboneStream (any status) or an HboneError."""
     def connection_count(self) -> int: ...
     def close(self) -> None: ...
 
-def configure_runtime(worker_threads: int) -> None: ...
+def configure_runtime(worker_threads: int) -> None:
+    """Tokio worker threads (default 2, as ztunnel); only before the runtime starts."""
+
 def crypto_provider() -> str: ...
+def drain_logs() -> list[tuple[int, str, str]]:
+    """Native log records as (logging level, logger name, message)."""

@@ -6,6 +6,7 @@ import socket
 from dataclasses import dataclass
 
 from ambient_fast import _native
+from ambient_fast.hbone.completions import completions
 from ambient_fast.hbone.request import STATUS_OK
 
 
@@ -34,38 +35,64 @@ class PumpResult:
     received: int  # tunnel -> local socket
 
 
+class Tunnel:
+    """An accepted CONNECT stream, ready to carry one socket."""
+
+    def __init__(self, stream: _native.HboneStream) -> None:
+        self._stream = stream
+        self.headers = stream.headers
+
+    async def pump(self, sock: socket.socket) -> PumpResult:
+        """Moves bytes both ways until both directions close; takes over `sock`."""
+        fd = sock.detach()
+        sent, received = await completions().submit(
+            lambda reactor, token: self._stream.pump(reactor, token, fd)
+        )
+        return PumpResult(sent, received)
+
+    def close(self) -> None:
+        """Resets the stream if it was never pumped."""
+        self._stream.close()
+
+
 class HboneClient:
     """Opens HBONE tunnels over one shared connection pool."""
 
     def __init__(self, pool: _native.HbonePool | None = None) -> None:
         self.pool = pool if pool is not None else _native.HbonePool()
 
-    async def open(self, route: HboneRoute, headers: list[tuple[str, str]]) -> _native.HboneStream:
+    async def open(self, route: HboneRoute, headers: list[tuple[str, str]]) -> Tunnel:
         """Opens the CONNECT; raises HboneRejected on a non-200 answer, HboneError otherwise."""
-        stream = await self.pool.connect(
-            route.destination,
-            route.identity,
-            list(route.expected_identities),
-            route.authority,
-            headers,
-            route.source_ip,
+        stream: _native.HboneStream = await completions().submit(
+            lambda reactor, token: self.pool.connect(
+                reactor,
+                token,
+                route.destination,
+                route.identity,
+                list(route.expected_identities),
+                route.authority,
+                headers,
+                route.source_ip,
+            )
         )
         if stream.status != STATUS_OK:
             stream.close()
             raise HboneRejected(route.destination, route.authority, stream.status)
-        return stream
+        return Tunnel(stream)
 
     async def tunnel(
         self, sock: socket.socket, route: HboneRoute, headers: list[tuple[str, str]]
     ) -> PumpResult:
         """Tunnels `sock` (taken over, even on error) until both directions close."""
         try:
-            stream = await self.open(route, headers)
+            tunnel = await self.open(route, headers)
         except BaseException:
             sock.close()
             raise
-        sent, received = await stream.pump(sock.detach())
-        return PumpResult(sent, received)
+        return await tunnel.pump(sock)
+
+    def connection_count(self) -> int:
+        return self.pool.connection_count()
 
     def close(self) -> None:
         self.pool.close()

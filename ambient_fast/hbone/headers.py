@@ -42,9 +42,10 @@ class Baggage:
         fields: dict[str, str] = {}
         kind, name = "", ""
         for member in value.split(","):
-            key, sep, val = member.strip().partition("=")
+            key, sep, val = member.partition("=")
             if not sep:
                 continue
+            key = key.strip()  # W3C baggage allows whitespace around "="
             val = val.split(";", 1)[0].strip()
             for candidate in WORKLOAD_KINDS:
                 if key == f"k8s.{candidate}.name":

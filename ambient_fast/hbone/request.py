@@ -42,7 +42,8 @@ def parse_authority(authority: str) -> HboneTarget:
     host, sep, port_text = authority.rpartition(":")
     if not sep or not host:
         raise InvalidAuthority(f"authority {authority!r}: expected host:port")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # ASCII only: str.isdigit() also accepts other scripts' digits ("٨٠", "²").
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise InvalidAuthority(f"authority {authority!r}: port {port_text!r} is not 1-65535")
     port = int(port_text)
     if host.startswith("[") and host.endswith("]"):
@@ -50,13 +51,15 @@ def parse_authority(authority: str) -> HboneTarget:
             v6 = ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             raise InvalidAuthority(f"authority {authority!r}: bad IPv6 address") from None
+        if v6.scope_id is not None:  # ipaddress accepts any text after "%"
+            raise InvalidAuthority(f"authority {authority!r}: IPv6 zone not allowed")
         return HboneTarget(str(v6), port, v6)
     try:
         v4 = ipaddress.IPv4Address(host)
     except ValueError:
         if ":" in host:
             raise InvalidAuthority(f"authority {authority!r}: IPv6 must be in brackets") from None
-        if not _HOSTNAME.match(host):
+        if not _HOSTNAME.fullmatch(host):  # match() would let "$" accept a trailing "\n"
             raise InvalidAuthority(f"authority {authority!r}: bad hostname") from None
         return HboneTarget(host.lower(), port, None)
     return HboneTarget(str(v4), port, v4)

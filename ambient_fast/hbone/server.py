@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ambient_fast import _native
+from ambient_fast.hbone.completions import completions
 from ambient_fast.hbone.request import (
     STATUS_BAD_REQUEST,
     STATUS_SERVICE_UNAVAILABLE,
@@ -82,7 +83,9 @@ class HboneServer:
         """Dispatches CONNECTs until drained; each one runs in its own task."""
         while not self._draining:
             try:
-                request = await self._native.next_request()
+                request: _native.ConnectRequest = await completions().submit(
+                    self._native.next_request
+                )
             except _native.HboneError:
                 return
             task = asyncio.create_task(self._handle(request))
@@ -126,8 +129,9 @@ class HboneServer:
         error: str | None = None
         to_upstream = to_peer = 0
         try:
-            to_upstream, to_peer = await request.accept(
-                decision.upstream.detach(), list(decision.headers)
+            fd, headers = decision.upstream.detach(), list(decision.headers)
+            to_upstream, to_peer = await completions().submit(
+                lambda reactor, token: request.accept(reactor, token, fd, headers)
             )
         except _native.HboneError as e:
             error = str(e)

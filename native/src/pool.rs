@@ -38,7 +38,12 @@ impl PoolKey {
     ) -> Self {
         expected_identities.sort();
         expected_identities.dedup();
-        Self { source_identity, expected_identities, source_ip, destination }
+        Self {
+            source_identity,
+            expected_identities,
+            source_ip,
+            destination,
+        }
     }
 }
 
@@ -94,7 +99,10 @@ pub struct Pool {
 impl Pool {
     /// Creates the pool and its idle reaper (which ends when the pool is dropped).
     pub fn new(options: PoolOptions) -> Arc<Self> {
-        let pool = Arc::new(Self { options, keys: Mutex::new(HashMap::new()) });
+        let pool = Arc::new(Self {
+            options,
+            keys: Mutex::new(HashMap::new()),
+        });
         tokio::spawn(reap_idle(Arc::downgrade(&pool)));
         pool
     }
@@ -102,7 +110,12 @@ impl Pool {
     pub fn connection_count(&self) -> usize {
         let keys = self.keys.lock().expect("pool lock");
         keys.values()
-            .filter_map(|conns| conns.try_lock().ok().map(|c| c.iter().filter(|c| c.usable()).count()))
+            .filter_map(|conns| {
+                conns
+                    .try_lock()
+                    .ok()
+                    .map(|c| c.iter().filter(|c| c.usable()).count())
+            })
             .sum()
     }
 
@@ -122,14 +135,22 @@ impl Pool {
         for (name, value) in headers {
             request = request.header(name.as_str(), value.as_str());
         }
-        let request = request.body(()).map_err(|e| format!("CONNECT {authority}: {e}"))?;
+        let request = request
+            .body(())
+            .map_err(|e| format!("CONNECT {authority}: {e}"))?;
         // A pooled connection may have just been closed by its peer (GOAWAY): retry once.
         let mut last_error = String::new();
         for _ in 0..2 {
             let slot = self.checkout(key, identity).await?;
             match send_connect(&slot.conn, request.clone()).await {
                 Ok((status, headers, send, recv)) => {
-                    return Ok(Tunnel { status, headers, send, recv, slot })
+                    return Ok(Tunnel {
+                        status,
+                        headers,
+                        send,
+                        recv,
+                        slot,
+                    })
                 }
                 Err(e) => {
                     slot.conn.closed.store(true, Ordering::Release);
@@ -141,12 +162,21 @@ impl Pool {
     }
 
     async fn checkout(&self, key: &PoolKey, identity: &Identity) -> Result<StreamSlot, String> {
-        let entry = self.keys.lock().expect("pool lock").entry(key.clone()).or_default().clone();
+        let entry = self
+            .keys
+            .lock()
+            .expect("pool lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
         // Holding the key's lock while connecting: concurrent callers wait for one handshake.
         let mut conns = entry.lock().await;
         conns.retain(|c| c.usable());
         let max = self.options.max_streams_per_connection;
-        let conn = match conns.iter().find(|c| c.streams.load(Ordering::Acquire) < max) {
+        let conn = match conns
+            .iter()
+            .find(|c| c.streams.load(Ordering::Acquire) < max)
+        {
             Some(conn) => conn.clone(),
             None => {
                 let conn = self.connect(key, identity).await?;
@@ -164,10 +194,16 @@ impl Pool {
         identity: &Identity,
     ) -> Result<Arc<PooledConnection>, String> {
         let dst = key.destination;
-        let socket = if dst.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-            .map_err(|e| format!("socket for {dst}: {e}"))?;
+        let socket = if dst.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| format!("socket for {dst}: {e}"))?;
         if let Some(ip) = key.source_ip {
-            socket.bind(SocketAddr::new(ip, 0)).map_err(|e| format!("bind {ip} for {dst}: {e}"))?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind {ip} for {dst}: {e}"))?;
         }
         let tcp = match timeout(self.options.connect_timeout, socket.connect(dst)).await {
             Ok(Ok(tcp)) => tcp,
@@ -199,7 +235,10 @@ impl Pool {
             .map_err(|e| format!("HTTP/2 handshake with {dst}: {e}"))?;
         let closed = Arc::new(AtomicBool::new(false));
         tokio::spawn(drive(conn, dst, s.clone(), closed.clone()));
-        debug!("hbone pool: new connection to {dst} as {}", key.source_identity);
+        debug!(
+            "hbone pool: new connection to {dst} as {}",
+            key.source_identity
+        );
         Ok(Arc::new(PooledConnection {
             send,
             streams: AtomicUsize::new(0),
@@ -218,9 +257,19 @@ async fn send_connect(conn: &PooledConnection, request: Request<()>) -> Result<O
     let headers = response
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    Ok((response.status().as_u16(), headers, send, response.into_body()))
+    Ok((
+        response.status().as_u16(),
+        headers,
+        send,
+        response.into_body(),
+    ))
 }
 
 /// Drives one client connection, pinging it; marks it closed when it ends or stops answering.
@@ -234,7 +283,9 @@ async fn drive<T>(
 {
     let ping_pong = conn.ping_pong();
     let keepalive = async move {
-        let Some(mut ping_pong) = ping_pong else { return std::future::pending().await };
+        let Some(mut ping_pong) = ping_pong else {
+            return std::future::pending().await;
+        };
         loop {
             tokio::time::sleep(settings.keepalive_interval).await;
             match timeout(settings.keepalive_timeout, ping_pong.ping(Ping::opaque())).await {
@@ -257,7 +308,8 @@ async fn drive<T>(
 async fn reap_idle(pool: Weak<Pool>) {
     loop {
         let period = match pool.upgrade() {
-            Some(p) => (p.options.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30)),
+            Some(p) => (p.options.idle_timeout / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(30)),
             None => return,
         };
         tokio::time::sleep(period).await;
@@ -265,7 +317,9 @@ async fn reap_idle(pool: Weak<Pool>) {
         let idle = pool.options.idle_timeout;
         let mut keys = pool.keys.lock().expect("pool lock");
         keys.retain(|_, conns| {
-            let Ok(mut conns) = conns.try_lock() else { return true };
+            let Ok(mut conns) = conns.try_lock() else {
+                return true;
+            };
             conns.retain(|c| {
                 let busy = c.streams.load(Ordering::Acquire) > 0;
                 c.usable() && (busy || c.idle_since.lock().expect("idle lock").elapsed() < idle)

@@ -56,7 +56,8 @@ async fn socket_to_stream(
             }
         };
         if n == 0 {
-            to.send_data(Bytes::new(), true).map_err(PumpError::Stream)?;
+            to.send_data(Bytes::new(), true)
+                .map_err(PumpError::Stream)?;
             return Ok(moved);
         }
         moved += n as u64;

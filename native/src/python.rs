@@ -1,40 +1,81 @@
-//! The `ambient_fast._native` module: typed in ambient_fast/_native.pyi. Every awaitable
-//! returned here runs on the shared tokio runtime; Python only sees the start and the end.
+//! The `ambient_fast._native` module, typed in ambient_fast/_native.pyi.
+//!
+//! Asynchronous operations take a `Reactor` and a token: the work runs on the tokio runtime
+//! and its outcome is queued on the reactor, whose eventfd wakes the Python event loop
+//! (see `completion`). Native threads never take the GIL.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
-use h2::RecvStream;
+use h2::{RecvStream, SendStream};
 use http::Response;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3_async_runtimes::tokio::{future_into_py, get_runtime};
+use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 
-use crate::pool::{Pool, PoolKey, PoolOptions, StreamSlot};
+use crate::completion::CompletionQueue;
+use crate::logbridge::LogBridge;
+use crate::pool::{Pool, PoolKey, PoolOptions, StreamSlot, Tunnel};
 use crate::pump::pump;
 use crate::server::{respond_status, serve, CertSelector, InboundConnect};
 use crate::settings::{self, tune_socket, H2Settings};
 use crate::tls::{self, Identity};
 
-create_exception!(_native, HboneError, PyException, "An HBONE connection or stream failed.");
+create_exception!(
+    _native,
+    HboneError,
+    PyException,
+    "An HBONE connection or stream failed."
+);
 
 type Headers = Vec<(String, String)>;
 
+/// ztunnel's default worker count.
+const DEFAULT_WORKER_THREADS: usize = 2;
+static WORKER_THREADS: AtomicUsize = AtomicUsize::new(DEFAULT_WORKER_THREADS);
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+
+fn runtime() -> &'static Runtime {
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(WORKER_THREADS.load(Ordering::Acquire))
+            .thread_name("ambient-native")
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+/// What a native operation reports back.
+enum Outcome {
+    Counts(u64, u64),
+    Stream(Tunnel),
+    Request(InboundConnect),
+    Error(String),
+}
+
 fn parse_ip(ip: &str) -> PyResult<IpAddr> {
-    ip.parse().map_err(|_| PyValueError::new_err(format!("not an IP address: {ip:?}")))
+    ip.parse()
+        .map_err(|_| PyValueError::new_err(format!("not an IP address: {ip:?}")))
+}
+
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| PyValueError::new_err(format!("{name}: not a duration: {value}")))
 }
 
 fn addr_tuple(addr: SocketAddr) -> (String, u16) {
     (addr.ip().to_string(), addr.port())
 }
 
-/// Takes ownership of a connected TCP socket fd (the caller has detached it from Python).
+/// Takes ownership of a connected TCP socket fd (the caller detached it from Python).
 fn adopt_stream(fd: RawFd) -> std::io::Result<tokio::net::TcpStream> {
     // SAFETY: the caller transfers ownership of an open socket fd; nothing else closes it.
     let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
@@ -44,8 +85,78 @@ fn adopt_stream(fd: RawFd) -> std::io::Result<tokio::net::TcpStream> {
     Ok(tcp)
 }
 
-fn pump_error(e: impl std::fmt::Display) -> PyErr {
-    HboneError::new_err(e.to_string())
+async fn pump_fd(fd: RawFd, send: SendStream<Bytes>, recv: RecvStream) -> Outcome {
+    let tcp = match adopt_stream(fd) {
+        Ok(tcp) => tcp,
+        Err(e) => return Outcome::Error(format!("socket fd {fd}: {e}")),
+    };
+    match pump(tcp, send, recv).await {
+        Ok((up, down)) => Outcome::Counts(up, down),
+        Err(e) => Outcome::Error(e.to_string()),
+    }
+}
+
+/// The completion queue of one Python event loop.
+#[pyclass(frozen, module = "ambient_fast._native")]
+struct Reactor {
+    queue: Arc<CompletionQueue<Outcome>>,
+}
+
+#[pymethods]
+impl Reactor {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let queue = Arc::new(CompletionQueue::new()?);
+        let weak = Arc::downgrade(&queue);
+        LogBridge::global().set_waker(Arc::new(move || {
+            if let Some(queue) = weak.upgrade() {
+                queue.signal();
+            }
+        }));
+        Ok(Self { queue })
+    }
+
+    fn fileno(&self) -> RawFd {
+        self.queue.fileno()
+    }
+
+    /// Finished operations as (token, result); a failed one carries an HboneError instance.
+    fn drain(&self, py: Python<'_>) -> PyResult<Vec<(u64, PyObject)>> {
+        let mut done = Vec::new();
+        for (token, outcome) in self.queue.drain() {
+            let value = match outcome {
+                Outcome::Counts(a, b) => (a, b).into_pyobject(py)?.into_any().unbind(),
+                Outcome::Stream(t) => Py::new(py, HboneStream::from(t))?.into_any(),
+                Outcome::Request(c) => Py::new(py, ConnectRequest::from(c))?.into_any(),
+                Outcome::Error(message) => HboneError::new_err(message).into_value(py).into_any(),
+            };
+            done.push((token, value));
+        }
+        Ok(done)
+    }
+
+    fn cancel(&self, token: u64) {
+        self.queue.cancel(token);
+    }
+
+    fn running(&self) -> usize {
+        self.queue.running()
+    }
+}
+
+/// Log records from native code as (python level, logger name, message).
+#[pyfunction]
+fn drain_logs() -> Vec<(u8, String, String)> {
+    let (records, dropped) = LogBridge::global().drain();
+    let mut out: Vec<_> = records
+        .into_iter()
+        .map(|r| (r.level, r.target, r.message))
+        .collect();
+    if dropped > 0 {
+        let message = format!("{dropped} native log records dropped (queue full)");
+        out.push((30, "ambient_fast_native".into(), message));
+    }
+    out
 }
 
 /// HTTP/2 and handshake tunables; defaults are ztunnel's.
@@ -80,10 +191,6 @@ impl Http2Settings {
         keepalive_timeout: f64,
         handshake_timeout: f64,
     ) -> PyResult<Self> {
-        let seconds = |name: &str, v: f64| {
-            Duration::try_from_secs_f64(v)
-                .map_err(|_| PyValueError::new_err(format!("{name}: not a duration: {v}")))
-        };
         if !(16_384..=16_777_215).contains(&max_frame_size) {
             return Err(PyValueError::new_err(format!(
                 "max_frame_size: {max_frame_size} outside HTTP/2's 16384..16777215"
@@ -115,9 +222,13 @@ struct TlsIdentity {
 impl TlsIdentity {
     #[new]
     fn new(chain_pem: &[u8], key_pem: &[u8], roots_pem: &[u8]) -> PyResult<Self> {
-        let inner = Identity::from_pem(chain_pem, key_pem, roots_pem).map_err(PyValueError::new_err)?;
+        let inner =
+            Identity::from_pem(chain_pem, key_pem, roots_pem).map_err(PyValueError::new_err)?;
         let server_config = inner.server_config().map_err(PyValueError::new_err)?;
-        Ok(Self { inner: Arc::new(inner), server_config })
+        Ok(Self {
+            inner: Arc::new(inner),
+            server_config,
+        })
     }
 
     #[getter]
@@ -141,7 +252,9 @@ struct ServerCertificates {
 impl ServerCertificates {
     #[new]
     fn new() -> Self {
-        Self { inner: Arc::new(CertSelector::default()) }
+        Self {
+            inner: Arc::new(CertSelector::default()),
+        }
     }
 
     #[pyo3(signature = (ip, identity))]
@@ -158,7 +271,7 @@ impl ServerCertificates {
     }
 }
 
-/// A listening HBONE server; CONNECTs are delivered to Python by `next_request`.
+/// A listening HBONE server; CONNECTs are delivered by `next_request`.
 #[pyclass(frozen, module = "ambient_fast._native")]
 struct HboneServer {
     requests: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<InboundConnect>>>,
@@ -177,24 +290,33 @@ impl HboneServer {
         // SAFETY: the caller transfers ownership of a listening socket fd.
         let std = unsafe { std::net::TcpListener::from_raw_fd(listen_fd) };
         std.set_nonblocking(true)?;
-        let runtime = get_runtime();
-        let _context = runtime.enter();
+        let _context = runtime().enter();
         let listener = tokio::net::TcpListener::from_std(std)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let settings = settings.map(|s| s.inner).unwrap_or_default();
-        runtime.spawn(serve(listener, certificates.inner.clone(), settings, tx, shutdown_rx));
-        Ok(Self { requests: Arc::new(tokio::sync::Mutex::new(rx)), shutdown })
+        runtime().spawn(serve(
+            listener,
+            certificates.inner.clone(),
+            settings,
+            tx,
+            shutdown_rx,
+        ));
+        Ok(Self {
+            requests: Arc::new(tokio::sync::Mutex::new(rx)),
+            shutdown,
+        })
     }
 
-    fn next_request<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Completes with the next ConnectRequest, or an HboneError once the server is closed.
+    fn next_request(&self, reactor: &Reactor, token: u64) {
         let requests = self.requests.clone();
-        future_into_py(py, async move {
+        reactor.queue.spawn(runtime(), token, async move {
             match requests.lock().await.recv().await {
-                Some(connect) => Ok(ConnectRequest::from(connect)),
-                None => Err(HboneError::new_err("hbone server closed")),
+                Some(connect) => Outcome::Request(connect),
+                None => Outcome::Error("hbone server closed".into()),
             }
-        })
+        });
     }
 
     /// Stops accepting and sends GOAWAY on every connection; open streams finish.
@@ -238,7 +360,9 @@ impl ConnectRequest {
             .lock()
             .expect("request lock")
             .take()
-            .ok_or_else(|| PyRuntimeError::new_err(format!("CONNECT {} already answered", self.authority)))
+            .ok_or_else(|| {
+                PyRuntimeError::new_err(format!("CONNECT {} already answered", self.authority))
+            })
     }
 }
 
@@ -246,26 +370,41 @@ impl ConnectRequest {
 impl ConnectRequest {
     fn reject(&self, status: u16) -> PyResult<()> {
         if !(400..=599).contains(&status) {
-            return Err(PyValueError::new_err(format!("reject status {status}: not an error")));
+            return Err(PyValueError::new_err(format!(
+                "reject status {status}: not an error"
+            )));
         }
         let (mut respond, _) = self.take()?;
         respond_status(&mut respond, status);
         Ok(())
     }
 
-    #[pyo3(signature = (fd, headers = Vec::new()))]
-    fn accept<'py>(&self, py: Python<'py>, fd: RawFd, headers: Headers) -> PyResult<Bound<'py, PyAny>> {
-        let (mut respond, body) = self.take()?;
+    /// Answers 200 and pumps `fd`; completes with (stream->socket, socket->stream) counts.
+    #[pyo3(signature = (reactor, token, fd, headers = Vec::new()))]
+    fn accept(&self, reactor: &Reactor, token: u64, fd: RawFd, headers: Headers) -> PyResult<()> {
         let mut response = Response::builder().status(200);
         for (name, value) in &headers {
             response = response.header(name.as_str(), value.as_str());
         }
-        let response = response.body(()).map_err(|e| PyValueError::new_err(e.to_string()));
-        future_into_py(py, async move {
-            let tcp = adopt_stream(fd)?;
-            let send = respond.send_response(response?, false).map_err(pump_error)?;
-            pump(tcp, send, body).await.map_err(pump_error)
-        })
+        let response = response
+            .body(())
+            .map_err(|e| PyValueError::new_err(format!("response headers {headers:?}: {e}")))?;
+        let (mut respond, body) = self.take()?;
+        reactor.queue.spawn(runtime(), token, async move {
+            match respond.send_response(response, false) {
+                Ok(send) => match pump_fd(fd, send, body).await {
+                    // The pump reports (socket->stream, stream->socket); callers want inbound first.
+                    Outcome::Counts(to_peer, to_upstream) => Outcome::Counts(to_upstream, to_peer),
+                    other => other,
+                },
+                Err(e) => {
+                    // SAFETY: we own fd and nothing else will use or close it.
+                    drop(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+                    Outcome::Error(format!("CONNECT response: {e}"))
+                }
+            }
+        });
+        Ok(())
     }
 }
 
@@ -291,12 +430,10 @@ impl HbonePool {
         idle_timeout: f64,
         connect_timeout: f64,
     ) -> PyResult<Self> {
-        let seconds = |name: &str, v: f64| {
-            Duration::try_from_secs_f64(v)
-                .map_err(|_| PyValueError::new_err(format!("{name}: not a duration: {v}")))
-        };
         if max_streams_per_connection == 0 {
-            return Err(PyValueError::new_err("max_streams_per_connection must be positive"));
+            return Err(PyValueError::new_err(
+                "max_streams_per_connection must be positive",
+            ));
         }
         let options = PoolOptions {
             settings: settings.map(|s| s.inner).unwrap_or_default(),
@@ -304,22 +441,29 @@ impl HbonePool {
             idle_timeout: seconds("idle_timeout", idle_timeout)?,
             connect_timeout: seconds("connect_timeout", connect_timeout)?,
         };
-        let _context = get_runtime().enter();
-        Ok(Self { inner: Pool::new(options) })
+        let _context = runtime().enter();
+        Ok(Self {
+            inner: Pool::new(options),
+        })
     }
 
-    #[pyo3(signature = (destination, identity, expected_identities, authority, headers, source_ip = None))]
+    /// Opens a CONNECT; completes with an HboneStream (any status) or an HboneError.
+    #[pyo3(signature = (
+        reactor, token, destination, identity, expected_identities, authority, headers,
+        source_ip = None
+    ))]
     #[allow(clippy::too_many_arguments)]
-    fn connect<'py>(
+    fn connect(
         &self,
-        py: Python<'py>,
+        reactor: &Reactor,
+        token: u64,
         destination: &str,
         identity: &TlsIdentity,
         expected_identities: Vec<String>,
         authority: String,
         headers: Headers,
         source_ip: Option<&str>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<()> {
         let destination: SocketAddr = destination.parse().map_err(|_| {
             PyValueError::new_err(format!("destination {destination:?}: expected ip:port"))
         })?;
@@ -330,16 +474,20 @@ impl HbonePool {
         }
         let source_ip = source_ip.map(parse_ip).transpose()?;
         let identity = identity.inner.clone();
-        let key = PoolKey::new(identity.spiffe_id.clone(), expected_identities, source_ip, destination);
+        let key = PoolKey::new(
+            identity.spiffe_id.clone(),
+            expected_identities,
+            source_ip,
+            destination,
+        );
         let pool = self.inner.clone();
-        future_into_py(py, async move {
-            let tunnel = pool.open(&key, &identity, &authority, &headers).await.map_err(HboneError::new_err)?;
-            Ok(HboneStream {
-                status: tunnel.status,
-                headers: tunnel.headers,
-                tunnel: Mutex::new(Some((tunnel.send, tunnel.recv, tunnel.slot))),
-            })
-        })
+        reactor.queue.spawn(runtime(), token, async move {
+            match pool.open(&key, &identity, &authority, &headers).await {
+                Ok(tunnel) => Outcome::Stream(tunnel),
+                Err(e) => Outcome::Error(e),
+            }
+        });
+        Ok(())
     }
 
     fn connection_count(&self) -> usize {
@@ -351,7 +499,7 @@ impl HbonePool {
     }
 }
 
-type OpenTunnel = (h2::SendStream<Bytes>, RecvStream, StreamSlot);
+type OpenTunnel = (SendStream<Bytes>, RecvStream, StreamSlot);
 
 /// An opened CONNECT stream: check `status`, then `pump` a socket through it.
 #[pyclass(frozen, module = "ambient_fast._native")]
@@ -363,24 +511,35 @@ struct HboneStream {
     tunnel: Mutex<Option<OpenTunnel>>,
 }
 
+impl From<Tunnel> for HboneStream {
+    fn from(t: Tunnel) -> Self {
+        Self {
+            status: t.status,
+            headers: t.headers,
+            tunnel: Mutex::new(Some((t.send, t.recv, t.slot))),
+        }
+    }
+}
+
 #[pymethods]
 impl HboneStream {
-    fn pump<'py>(&self, py: Python<'py>, fd: RawFd) -> PyResult<Bound<'py, PyAny>> {
+    /// Pumps `fd` through the stream; completes with (socket->stream, stream->socket) counts.
+    fn pump(&self, reactor: &Reactor, token: u64, fd: RawFd) -> PyResult<()> {
         let (send, recv, slot) = self
             .tunnel
             .lock()
             .expect("stream lock")
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("stream already pumped or closed"))?;
-        future_into_py(py, async move {
-            let tcp = adopt_stream(fd)?;
-            let counts = pump(tcp, send, recv).await.map_err(pump_error);
+        reactor.queue.spawn(runtime(), token, async move {
+            let outcome = pump_fd(fd, send, recv).await;
             drop(slot);
-            counts
-        })
+            outcome
+        });
+        Ok(())
     }
 
-    /// Resets the stream without pumping (for a rejected or abandoned tunnel).
+    /// Resets the stream without pumping (a rejected or abandoned tunnel).
     fn close(&self) {
         if let Some((mut send, _, _)) = self.tunnel.lock().expect("stream lock").take() {
             send.send_reset(h2::Reason::CANCEL);
@@ -388,27 +547,35 @@ impl HboneStream {
     }
 }
 
-/// Sets the number of tokio worker threads; only before the first native call that needs them.
+/// Sets the tokio worker count; only before the first native operation starts the runtime.
 #[pyfunction]
 fn configure_runtime(worker_threads: usize) -> PyResult<()> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(worker_threads.max(1)).enable_all().thread_name("ambient-native");
-    pyo3_async_runtimes::tokio::init(builder);
+    if RUNTIME.get().is_some() {
+        return Err(PyRuntimeError::new_err("native runtime already started"));
+    }
+    WORKER_THREADS.store(worker_threads.max(1), Ordering::Release);
     Ok(())
 }
 
 #[pyfunction]
 fn crypto_provider() -> String {
-    let suites: Vec<String> =
-        tls::provider().cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect();
-    format!("rustls 0.23, aws-lc-rs, TLS 1.3 only, suites {}", suites.join(", "))
+    let suites: Vec<String> = tls::provider()
+        .cipher_suites
+        .iter()
+        .map(|s| format!("{:?}", s.suite()))
+        .collect();
+    format!(
+        "rustls 0.23, aws-lc-rs, TLS 1.3 only, suites {}",
+        suites.join(", ")
+    )
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    pyo3_log::init();
+    LogBridge::global();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("HboneError", m.py().get_type::<HboneError>())?;
+    m.add_class::<Reactor>()?;
     m.add_class::<Http2Settings>()?;
     m.add_class::<TlsIdentity>()?;
     m.add_class::<ServerCertificates>()?;
@@ -418,5 +585,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<HboneStream>()?;
     m.add_function(wrap_pyfunction!(configure_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(crypto_provider, m)?)?;
+    m.add_function(wrap_pyfunction!(drain_logs, m)?)?;
     Ok(())
 }

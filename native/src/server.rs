@@ -31,7 +31,10 @@ impl CertSelector {
     pub fn set(&self, ip: Option<IpAddr>, config: Arc<ServerConfig>) {
         match ip {
             Some(ip) => {
-                self.by_ip.write().expect("cert map lock").insert(ip, config);
+                self.by_ip
+                    .write()
+                    .expect("cert map lock")
+                    .insert(ip, config);
             }
             None => *self.default.write().expect("cert default lock") = Some(config),
         }
@@ -48,7 +51,10 @@ impl CertSelector {
 
     fn select(&self, local: IpAddr) -> Option<Arc<ServerConfig>> {
         let by_ip = self.by_ip.read().expect("cert map lock");
-        by_ip.get(&local).cloned().or_else(|| self.default.read().expect("cert default lock").clone())
+        by_ip
+            .get(&local)
+            .cloned()
+            .or_else(|| self.default.read().expect("cert default lock").clone())
     }
 }
 
@@ -66,7 +72,10 @@ pub struct InboundConnect {
 /// Sends a header-only response that ends the stream.
 pub fn respond_status(respond: &mut SendResponse<Bytes>, status: u16) {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let response = Response::builder().status(status).body(()).expect("static response");
+    let response = Response::builder()
+        .status(status)
+        .body(())
+        .expect("static response");
     let _ = respond.send_response(response, true);
 }
 
@@ -84,7 +93,11 @@ pub async fn serve(
     requests: mpsc::UnboundedSender<InboundConnect>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = Arc::new(ServerContext { certs, settings, requests });
+    let ctx = Arc::new(ServerContext {
+        certs,
+        settings,
+        requests,
+    });
     let local = listener.local_addr().ok();
     loop {
         tokio::select! {
@@ -113,7 +126,10 @@ async fn serve_connection(
     tune_socket(&sock);
     let Ok(local) = sock.local_addr() else { return };
     let Some(config) = ctx.certs.select(local.ip()) else {
-        warn!("hbone: connection from {peer} to {local}: no certificate for {}", local.ip());
+        warn!(
+            "hbone: connection from {peer} to {local}: no certificate for {}",
+            local.ip()
+        );
         return;
     };
     let limit = ctx.settings.handshake_timeout;
@@ -179,7 +195,10 @@ fn dispatch(
     requests: &mpsc::UnboundedSender<InboundConnect>,
 ) {
     if request.method() != Method::CONNECT {
-        warn!("hbone: {peer} ({identity}) sent {} instead of CONNECT: 400", request.method());
+        warn!(
+            "hbone: {peer} ({identity}) sent {} instead of CONNECT: 400",
+            request.method()
+        );
         return respond_status(&mut respond, 400);
     }
     let Some(authority) = request.uri().authority().map(|a| a.as_str().to_string()) else {
@@ -189,7 +208,12 @@ fn dispatch(
     let headers = request
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let connect = InboundConnect {
         authority,

@@ -43,7 +43,9 @@ impl Identity {
         let chain = rustls_pemfile::certs(&mut BufReader::new(chain_pem))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("certificate chain: {e}"))?;
-        let leaf = chain.first().ok_or("certificate chain: no certificate in PEM")?;
+        let leaf = chain
+            .first()
+            .ok_or("certificate chain: no certificate in PEM")?;
         let spiffe_id = uri_sans(leaf)?
             .into_iter()
             .find(|s| trust_domain(s).is_some())
@@ -60,7 +62,13 @@ impl Identity {
         if roots.is_empty() {
             return Err("roots: no certificate in PEM".into());
         }
-        Ok(Self { spiffe_id, trust_domain, chain, key, roots: Arc::new(roots) })
+        Ok(Self {
+            spiffe_id,
+            trust_domain,
+            chain,
+            key,
+            roots: Arc::new(roots),
+        })
     }
 
     /// The config a proxy serves HBONE with when this identity is the destination's.

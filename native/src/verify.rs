@@ -76,7 +76,10 @@ impl SpiffeClientVerifier {
         let inner = WebPkiClientVerifier::builder_with_provider(roots, provider)
             .build()
             .map_err(|e| format!("client verifier: {e}"))?;
-        Ok(Self { inner, trust_domain })
+        Ok(Self {
+            inner,
+            trust_domain,
+        })
     }
 }
 
@@ -91,9 +94,13 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
         let sans = uri_sans(end_entity).map_err(rejected)?;
-        if sans.iter().any(|s| trust_domain(s) == Some(self.trust_domain.as_str())) {
+        if sans
+            .iter()
+            .any(|s| trust_domain(s) == Some(self.trust_domain.as_str()))
+        {
             Ok(ClientCertVerified::assertion())
         } else {
             Err(rejected(format!(
@@ -145,7 +152,11 @@ impl SpiffeServerVerifier {
         expected: Vec<String>,
         provider: Arc<CryptoProvider>,
     ) -> Self {
-        Self { roots, expected, provider }
+        Self {
+            roots,
+            expected,
+            provider,
+        }
     }
 }
 
@@ -183,7 +194,12 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -192,11 +208,18 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -206,7 +229,10 @@ mod tests {
 
     #[test]
     fn trust_domain_of_istio_ids() {
-        assert_eq!(trust_domain("spiffe://cluster.local/ns/a/sa/b"), Some("cluster.local"));
+        assert_eq!(
+            trust_domain("spiffe://cluster.local/ns/a/sa/b"),
+            Some("cluster.local")
+        );
         assert_eq!(trust_domain("spiffe://td/ns/a/sa/b/extra"), None);
         assert_eq!(trust_domain("spiffe://td/ns//sa/b"), None);
         assert_eq!(trust_domain("https://td/ns/a/sa/b"), None);
