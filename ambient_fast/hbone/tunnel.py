@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--expect-identity", action="append", default=[], help="client: server SPIFFE id"
     )
     parser.add_argument(
+        "--worker-threads", type=int, default=2, help="native (tokio) threads; ztunnel's default"
+    )
+    parser.add_argument(
         "--allow-target",
         action="append",
         default=[],
@@ -137,6 +140,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 def run_tunnel(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _native.configure_runtime(args.worker_threads)
     try:
         uvloop.run(_main(args))
     except (OSError, ValueError) as e:
