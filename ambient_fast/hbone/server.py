@@ -77,11 +77,12 @@ class HboneServer:
         self._handler = handler
         self._on_result = on_result
         self._tunnels: set[asyncio.Task[None]] = set()
-        self._draining = False
 
     async def serve(self) -> None:
-        """Dispatches CONNECTs until drained; each one runs in its own task."""
-        while not self._draining:
+        """Dispatches CONNECTs (each in its own task) until drained and all connections closed."""
+        # Not `while not draining`: CONNECTs accepted before the GOAWAY still need an answer.
+        # The native side ends the stream of requests once its last connection has closed.
+        while True:
             try:
                 request: _native.ConnectRequest = await completions().submit(
                     self._native.next_request
@@ -94,7 +95,6 @@ class HboneServer:
 
     def drain(self) -> None:
         """Stops accepting; connections get GOAWAY; open tunnels run to completion."""
-        self._draining = True
         self._native.drain()
 
     async def wait_closed(self) -> None:

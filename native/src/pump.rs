@@ -84,6 +84,8 @@ async fn stream_to_socket(from: &mut RecvStream, mut to: OwnedWriteHalf) -> Resu
                 let n = chunk.len();
                 if let Err(e) = to.write_all(&chunk).await {
                     reset(to.as_ref());
+                    // Dropping the half would shutdown(SHUT_WR): a FIN the peer reads as EOF.
+                    to.forget();
                     return Err(PumpError::Socket(e));
                 }
                 moved += n as u64;
@@ -92,6 +94,7 @@ async fn stream_to_socket(from: &mut RecvStream, mut to: OwnedWriteHalf) -> Resu
             }
             Some(Err(e)) => {
                 reset(to.as_ref());
+                to.forget();
                 return Err(PumpError::Stream(e));
             }
             None => {
