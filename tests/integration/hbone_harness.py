@@ -10,8 +10,7 @@ import os
 import socket
 import ssl
 import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import (
     Accept,
@@ -39,7 +39,6 @@ from ambient_fast.identity import MeshCA, WorkloadCertificate
 CLIENT_ID = "spiffe://cluster.local/ns/client/sa/sleep"
 SERVER_ID = "spiffe://cluster.local/ns/server/sa/echo"
 # Longest any single expected event may take on a loaded 2-core CI box.
-DEADLINE = 10.0
 Headers = list[tuple[str, str]]
 
 
@@ -96,15 +95,6 @@ def reset(sock: socket.socket) -> None:
     """Closes `sock` with an RST instead of a FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     sock.close()
-
-
-async def wait_until(condition: Callable[[], bool], what: str, within: float = DEADLINE) -> None:
-    """Polls `condition` until it holds; fails naming `what` after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -13,7 +13,6 @@ import h2.errors
 import pytest
 from hbone_harness import (
     CLIENT_ID,
-    DEADLINE,
     SERVER_ID,
     Answer,
     Loopback,
@@ -22,8 +21,8 @@ from hbone_harness import (
     connect_headers,
     loopback,
     unused_port,
-    wait_until,
 )
+from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import (
     Accept,

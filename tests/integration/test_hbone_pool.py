@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from hbone_harness import (
-    DEADLINE,
     SERVER_ID,
     Loopback,
     TunnelEnds,
@@ -22,8 +21,8 @@ from hbone_harness import (
     tcp_pair,
     tls_identity,
     tunnel_server,
-    wait_until,
 )
+from waits import DEADLINE, wait_until
 
 from ambient_fast import _native
 from ambient_fast.hbone import (

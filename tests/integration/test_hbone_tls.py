@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 import pytest
 from hbone_harness import (
     CLIENT_ID,
-    DEADLINE,
     SERVER_ID,
     Loopback,
     RawH2,
@@ -27,8 +26,8 @@ from hbone_harness import (
     sendall,
     tls_identity,
     tunnel_server,
-    wait_until,
 )
+from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import HboneError, HboneRoute, Http2Settings
 from ambient_fast.identity import MeshCA

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 import pytest
 from hbone_harness import (
     CLIENT_ID,
-    DEADLINE,
     Loopback,
     TunnelEnds,
     loopback,
@@ -23,6 +22,7 @@ from hbone_harness import (
     reset,
     sendall,
 )
+from waits import DEADLINE
 
 from ambient_fast.hbone import HboneError
 from ambient_fast.hbone.headers import Baggage, forwarded, traceparent

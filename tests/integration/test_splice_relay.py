@@ -21,20 +21,21 @@ import struct
 import sys
 import termios
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from waits import DEADLINE, wait_until
 
+import ambient_fast
 from ambient_fast._core import SpliceEngine
 from ambient_fast.splice import RelayResult, SpliceRelay
 
-# Longest any single expected event may take on a loaded 2-core CI box.
-DEADLINE = 10.0
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError)
 TCP_CLOSE = 7  # tcpi_state value, include/net/tcp_states.h
-CHECKOUT = Path(__file__).resolve().parents[2]
+# The subprocess must import the same ambient_fast as this process (installed or in-place).
+PACKAGE_ROOT = Path(ambient_fast.__file__).resolve().parents[1]
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
@@ -140,14 +141,6 @@ async def expect_write_fails(sock: socket.socket) -> None:
             await asyncio.sleep(0.005)
 
 
-async def wait_until(description: str, predicate: Callable[[], bool]) -> None:
-    """Polls `predicate()` until true; fails naming `description` after DEADLINE."""
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {description}"
-        await asyncio.sleep(0.005)
-
-
 async def relay_result(chain: Chain) -> RelayResult:
     async with asyncio.timeout(DEADLINE):
         return await chain.relaying
@@ -194,7 +187,7 @@ async def test_pipes_grow_with_the_flow(chain: Chain) -> None:
             send_all(chain.client, payload), recv_exactly(chain.server, size)
         )
         assert heard == payload
-        await wait_until(f"a {grown}-byte pipe", functools.partial(_has_pipe_of, grown))
+        await wait_until(functools.partial(_has_pipe_of, grown), f"a {grown}-byte pipe")
 
 
 @pytest.mark.parametrize("first", ["client", "server"])
@@ -296,14 +289,14 @@ async def test_slow_reader_does_not_make_the_relay_spin(relay: SpliceRelay) -> N
         payload = os.urandom(384 << 10)
         await send_all(chain.client, payload)
         # All of it left the client: it now sits in the relay's pipe and socket buffers.
-        await wait_until("client send queue to drain", lambda: _unacked(chain.client) == 0)
+        await wait_until(lambda: _unacked(chain.client) == 0, "client send queue to drain")
         assert await cpu_seconds_while_idle() < 0.1
         # Half-close both ways while bytes are stuck: the client-facing socket now
         # reports HUP, which must not wake the worker over and over.
         chain.server.shutdown(socket.SHUT_WR)
         assert await recv_until_eof(chain.client) == b""
         chain.client.shutdown(socket.SHUT_WR)
-        await wait_until("relay to take the FIN", lambda: _tcp_state(chain.client) == TCP_CLOSE)
+        await wait_until(lambda: _tcp_state(chain.client) == TCP_CLOSE, "relay to take the FIN")
         assert await cpu_seconds_while_idle() < 0.1
         assert await recv_until_eof(chain.server) == payload
         assert await relay_result(chain) == RelayResult(a_to_b=len(payload), b_to_a=0)
@@ -452,7 +445,7 @@ async def test_serve_relay_forever_relays_and_stops_on_sigterm() -> None:
     code += "sys.exit(s(*sys.argv[1:]))"
     process = await asyncio.create_subprocess_exec(
         *(sys.executable, "-c", code, "127.0.0.1:0", f"127.0.0.1:{target}"),
-        cwd=CHECKOUT,
+        cwd=PACKAGE_ROOT,
         stderr=asyncio.subprocess.PIPE,
     )
     writers: list[asyncio.StreamWriter] = []
