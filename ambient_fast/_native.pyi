@@ -118,7 +118,7 @@ class HbonePool:
     def close(self) -> None: ...
 
 def configure_runtime(worker_threads: int) -> None:
-    """Tokio worker threads (default 2, as ztunnel); only before the runtime starts."""
+    """Native worker threads (default min(2, CPUs/2)); only before the runtime starts."""
 
 def crypto_provider() -> str: ...
 def drain_logs() -> list[tuple[int, str, str]]:

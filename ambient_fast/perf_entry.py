@@ -31,4 +31,4 @@ def run_perf(args: argparse.Namespace) -> int:
         sys.path.insert(0, str(checkout))
     from perf import l4
 
-    return l4.run(args.duration, args.json, checkout)
+    return l4.run(args.duration, args.json)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ambient_fast
 from perf.backends import iperf3_server
 from perf.certs import write_tunnel_certs
 from perf.measure import iperf3_argv
@@ -113,7 +114,8 @@ def _py_spy_dumps(pids: dict[str, int]) -> None:
 
 
 def profile(scenario: str, seconds: float, out_dir: Path, py_spy_dump: bool) -> list[CpuProfile]:
-    ws = Workspace(out_dir, Path(__file__).resolve().parents[1], write_tunnel_certs(out_dir))
+    package_root = Path(ambient_fast.__file__).resolve().parents[1]
+    ws = Workspace(out_dir, package_root, write_tunnel_certs(out_dir))
     transfer_s = int(seconds + 2 * _RAMP_UP_S)
     with iperf3_server(out_dir) as backend, SCENARIOS[scenario](ws, backend) as port:
         pids = proxy_pids(os.getpid())

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+import ambient_fast
 from perf.backends import iperf3_server, sockperf_server
 from perf.certs import write_tunnel_certs
 from perf.host import host_facts
@@ -69,7 +70,7 @@ def _sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(duration: float, json_path: str | None, checkout: Path) -> int:
+def run(duration: float, json_path: str | None) -> int:
     """Returns 0 when every scenario measured, 1 when some are error rows, 2 on setup errors."""
     if duration <= 0:
         print(f"perf l4: --duration must be positive, got {duration}", file=sys.stderr)
@@ -81,7 +82,8 @@ def run(duration: float, json_path: str | None, checkout: Path) -> int:
         return 2
     with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="ambient-fast-perf-") as tmp:
         directory = Path(tmp)
-        ws = Workspace(directory, checkout, write_tunnel_certs(directory / "certs"))
+        package_root = Path(ambient_fast.__file__).resolve().parents[1]
+        ws = Workspace(directory, package_root, write_tunnel_certs(directory / "certs"))
         results = [measure_scenario(ws, n, chain, duration) for n, chain in SCENARIOS.items()]
     ratios = compute_ratios(results)
     seconds = whole_seconds(duration)

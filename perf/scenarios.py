@@ -17,10 +17,10 @@ from perf.tools import free_port, tool_path
 
 @dataclass(frozen=True, slots=True)
 class Workspace:
-    """Where a run keeps configs, certificates and logs, and the checkout our proxies run from."""
+    """Where a run keeps configs, certificates and logs; proxies import the harness's package."""
 
     directory: Path
-    checkout: Path
+    package_root: Path
     certs: TunnelCerts
 
     def write(self, name: str, text: str) -> Path:
@@ -29,7 +29,7 @@ class Workspace:
         return path
 
     def ambient_fast(self, *args: str) -> list[str]:
-        # The CLI of this checkout, run by the same interpreter as the harness.
+        # The CLI of the ambient_fast the harness imported (installed wheel or in-place build).
         return [sys.executable, "-m", "ambient_fast.cli", *args]
 
 
@@ -59,7 +59,7 @@ def haproxy(ws: Workspace, target: int) -> Iterator[int]:
 def splice(ws: Workspace, target: int) -> Iterator[int]:
     port = free_port()
     argv = ws.ambient_fast("relay", "--listen", _loopback(port), "--to", _loopback(target))
-    with running("splice-relay", argv, ws.directory, port, cwd=ws.checkout):
+    with running("splice-relay", argv, ws.directory, port, cwd=ws.package_root):
         yield port
 
 
@@ -110,8 +110,8 @@ def hbone(ws: Workspace, target: int) -> Iterator[int]:
     server_argv = hbone_server_argv(ws, server_port, target)
     client_argv = hbone_client_argv(ws, client_port, server_port, target)
     with (
-        running("hbone-server", server_argv, ws.directory, server_port, cwd=ws.checkout),
-        running("hbone-client", client_argv, ws.directory, client_port, cwd=ws.checkout),
+        running("hbone-server", server_argv, ws.directory, server_port, cwd=ws.package_root),
+        running("hbone-client", client_argv, ws.directory, client_port, cwd=ws.package_root),
     ):
         yield client_port
 

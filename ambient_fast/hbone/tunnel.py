@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--expect-identity", action="append", default=[], help="client: server SPIFFE id"
     )
     parser.add_argument(
-        "--worker-threads", type=int, default=2, help="native (tokio) threads; ztunnel's default"
+        "--worker-threads", type=int, help="native threads (default: min(2, CPUs/2))"
     )
     parser.add_argument(
         "--allow-target",
@@ -140,7 +140,8 @@ async def _main(args: argparse.Namespace) -> None:
 
 def run_tunnel(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    _native.configure_runtime(args.worker_threads)
+    if args.worker_threads:
+        _native.configure_runtime(args.worker_threads)
     try:
         uvloop.run(_main(args))
     except (OSError, ValueError) as e:
