@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--trust-domain", default="cluster.local")
 
     perf = sub.add_parser("perf", help="benchmarks with ratios to anchors (source checkout)")
-    perf.add_argument("suite", choices=["l4"])
+    perf.add_argument(
+        "suite",
+        choices=["l4", "python-cpu"],
+        help="l4: throughput/latency vs anchors; python-cpu: interpreter share of proxy CPU",
+    )
     perf.add_argument("--duration", type=float, default=5.0, metavar="S")
     perf.add_argument("--json", metavar="FILE")
     return parser

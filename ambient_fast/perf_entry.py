@@ -29,6 +29,10 @@ def run_perf(args: argparse.Namespace) -> int:
         return 2
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))
+    if args.suite == "python-cpu":
+        from perf import cpu_profile
+
+        return cpu_profile.main(["--seconds", str(args.duration)])
     from perf import l4
 
     return l4.run(args.duration, args.json)

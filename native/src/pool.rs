@@ -18,7 +18,7 @@ use tokio::net::TcpSocket;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
-use crate::settings::{tune_socket, H2Settings, DEFAULT_CONNECT_TIMEOUT};
+use crate::settings::{tune_socket, H2Settings};
 use crate::tls::Identity;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -172,11 +172,12 @@ impl Pool {
         // Holding the key's lock while connecting: concurrent callers wait for one handshake.
         let mut conns = entry.lock().await;
         conns.retain(|c| c.usable());
-        let max = self.options.max_streams_per_connection;
-        let conn = match conns
-            .iter()
-            .find(|c| c.streams.load(Ordering::Acquire) < max)
-        {
+        let ours = self.options.max_streams_per_connection;
+        // min(ours, the peer's SETTINGS_MAX_CONCURRENT_STREAMS), as ztunnel's pool does.
+        let has_room = |c: &&Arc<PooledConnection>| {
+            c.streams.load(Ordering::Acquire) < ours.min(c.send.current_max_send_streams())
+        };
+        let conn = match conns.iter().find(has_room) {
             Some(conn) => conn.clone(),
             None => {
                 let conn = self.connect(key, identity).await?;
@@ -326,14 +327,5 @@ async fn reap_idle(pool: Weak<Pool>) {
             });
             !conns.is_empty()
         });
-    }
-}
-
-pub fn default_options() -> PoolOptions {
-    PoolOptions {
-        settings: H2Settings::default(),
-        max_streams_per_connection: crate::settings::DEFAULT_CLIENT_MAX_STREAMS,
-        idle_timeout: crate::settings::DEFAULT_POOL_IDLE,
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
     }
 }

@@ -54,7 +54,11 @@ fn default_worker_threads() -> usize {
 fn runtime() -> &'static Runtime {
     RUNTIME.get_or_init(|| {
         let configured = WORKER_THREADS.load(Ordering::Acquire);
-        let workers = if configured == 0 { default_worker_threads() } else { configured };
+        let workers = if configured == 0 {
+            default_worker_threads()
+        } else {
+            configured
+        };
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("ambient-native")
