@@ -90,6 +90,15 @@ async def test_different_source_identities_never_share_a_connection(mesh: Loopba
     await exchange(tunnel, b"batch job")
 
 
+async def test_the_peers_stream_limit_opens_another_connection() -> None:
+    # The server allows 2 concurrent streams: the pool uses min(100, 2) per connection.
+    async with loopback(settings=_native.Http2Settings(max_concurrent_streams=2)) as mesh:
+        tunnels = [await mesh.open() for _ in range(5)]
+        assert mesh.client.connection_count() == 3
+        for i, tunnel in enumerate(tunnels):
+            await exchange(tunnel, f"stream {i}".encode())
+
+
 async def test_idle_connections_are_released() -> None:
     client = HboneClient(_native.HbonePool(idle_timeout=0.2))
     async with loopback(client=client) as mesh:

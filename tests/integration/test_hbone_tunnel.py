@@ -5,6 +5,7 @@ and integrity. Each test holds both plaintext ends: client app <-> mTLS HTTP/2 <
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import random
 import socket
@@ -16,6 +17,8 @@ from hbone_harness import (
     CLIENT_ID,
     Loopback,
     TunnelEnds,
+    dial,
+    listening_socket,
     loopback,
     recv_exactly,
     recv_to_eof,
@@ -26,6 +29,7 @@ from waits import DEADLINE
 
 from ambient_fast.hbone import HboneError
 from ambient_fast.hbone.headers import Baggage, forwarded, traceparent
+from ambient_fast.splice import SpliceRelay
 
 
 @pytest.fixture
@@ -144,6 +148,38 @@ async def test_reset_by_the_upstream_resets_the_client(mesh: Loopback) -> None:
         await pump_counts(tunnel)
     [result] = await mesh.server.result_count(1)
     assert result.error is not None
+
+
+async def test_a_vanishing_hbone_peer_resets_both_plaintext_ends(mesh: Loopback) -> None:
+    # The client reaches the HBONE server through a relay we can cut with a reset.
+    loop = asyncio.get_running_loop()
+    relay = SpliceRelay()
+    cuttable = listening_socket()
+    server_host, server_port = mesh.server.server.address
+
+    async def forward() -> None:
+        near, _ = await loop.sock_accept(cuttable)
+        await relay.relay(near, await dial(server_host, server_port))
+
+    forwarding = asyncio.create_task(forward())
+    try:
+        via_relay = dataclasses.replace(
+            mesh.route(), destination="{}:{}".format(*cuttable.getsockname())
+        )
+        tunnel = await mesh.open(route=via_relay)
+        await sendall(tunnel.app, b"before the cut")
+        assert await recv_exactly(tunnel.upstream, 14) == b"before the cut"
+        forwarding.cancel()  # the HBONE connection dies with an RST, mid-stream
+        with pytest.raises(ConnectionResetError):
+            await recv_to_eof(tunnel.app)
+        with pytest.raises(ConnectionResetError):
+            await recv_to_eof(tunnel.upstream)
+        with pytest.raises(HboneError):
+            await pump_counts(tunnel)
+    finally:
+        forwarding.cancel()
+        cuttable.close()
+        relay.close()
 
 
 async def test_upstream_reset_after_its_fin_fails_the_client_writes(mesh: Loopback) -> None:
