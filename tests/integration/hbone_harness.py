@@ -18,6 +18,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+from sockets import tcp_pair
 from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import (
@@ -74,21 +75,6 @@ async def dial(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """Two connected non-blocking loopback TCP sockets: (connecting side, accepted side)."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        near = socket.create_connection(listener.getsockname(), timeout=DEADLINE)
-        try:
-            far, _ = listener.accept()
-        except BaseException:
-            near.close()
-            raise
-    for sock in (near, far):
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return near, far
 
 
 def reset(sock: socket.socket) -> None:

@@ -34,12 +34,6 @@ from ambient_fast.hbone import (
 
 
 @pytest.fixture
-async def mesh() -> AsyncIterator[Loopback]:
-    async with loopback() as mesh:
-        yield mesh
-
-
-@pytest.fixture
 async def raw(mesh: Loopback) -> AsyncIterator[RawH2]:
     context = client_tls_context(mesh.ca.root_pem, mesh.ca.issue(CLIENT_ID))
     raw = await RawH2.connect(mesh.server.server.address, context)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 from hbone_harness import (
@@ -18,10 +17,10 @@ from hbone_harness import (
     recv_exactly,
     recv_to_eof,
     sendall,
-    tcp_pair,
     tls_identity,
     tunnel_server,
 )
+from sockets import tcp_pair
 from waits import DEADLINE, wait_until
 
 from ambient_fast import _native
@@ -38,12 +37,6 @@ from ambient_fast.hbone.client import Tunnel
 
 CANARY_ID = "spiffe://cluster.local/ns/server/sa/echo-canary"
 OTHER_CLIENT_ID = "spiffe://cluster.local/ns/client/sa/batch"
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[Loopback]:
-    async with loopback() as mesh:
-        yield mesh
 
 
 async def exchange(tunnel: TunnelEnds, data: bytes) -> None:

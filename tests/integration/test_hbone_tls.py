@@ -37,12 +37,6 @@ OTHER_TD_CLIENT = "spiffe://evil.example/ns/client/sa/sleep"
 NATIVE_LOGGER = "ambient_fast_native"
 
 
-@pytest.fixture
-async def mesh() -> AsyncIterator[Loopback]:
-    async with loopback() as mesh:
-        yield mesh
-
-
 async def still_serves(mesh: Loopback) -> None:
     """A well-behaved client still gets a working tunnel."""
     tunnel = await mesh.open()

@@ -10,7 +10,6 @@ import hashlib
 import random
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from hbone_harness import (
@@ -19,7 +18,6 @@ from hbone_harness import (
     TunnelEnds,
     dial,
     listening_socket,
-    loopback,
     recv_exactly,
     recv_to_eof,
     reset,
@@ -30,12 +28,6 @@ from waits import DEADLINE
 from ambient_fast.hbone import HboneError
 from ambient_fast.hbone.headers import Baggage, forwarded, traceparent
 from ambient_fast.splice import SpliceRelay
-
-
-@pytest.fixture
-async def mesh() -> AsyncIterator[Loopback]:
-    async with loopback() as mesh:
-        yield mesh
 
 
 async def pump_counts(tunnel: TunnelEnds) -> tuple[int, int]:

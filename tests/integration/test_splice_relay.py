@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sockets import tcp_pair
 from waits import DEADLINE, wait_until
 
 import ambient_fast
@@ -36,21 +37,6 @@ RESET_ERRORS = (ConnectionResetError, BrokenPipeError)
 TCP_CLOSE = 7  # tcpi_state value, include/net/tcp_states.h
 # The subprocess must import the same ambient_fast as this process (installed or in-place).
 PACKAGE_ROOT = Path(ambient_fast.__file__).resolve().parents[1]
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    """Two connected non-blocking loopback TCP sockets: (connecting side, accepted side)."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        near = socket.create_connection(listener.getsockname(), timeout=DEADLINE)
-        try:
-            far, _ = listener.accept()
-        except BaseException:
-            near.close()
-            raise
-    for sock in (near, far):
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return near, far
 
 
 @dataclass(frozen=True)
