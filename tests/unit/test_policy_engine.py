@@ -46,17 +46,16 @@ def policy(
     return Policy(name, "server", scope, action, tuple(rules), dry_run)
 
 
-def request(identity: str | None = CLIENT, port: int = 8080, **http: str) -> Request:
-    attrs = (
-        HttpAttributes(
-            method=http.get("method", "GET"),
-            path=http.get("path", "/"),
-            host=http.get("host", "echo.server.svc.cluster.local"),
-            headers={k[2:]: v for k, v in http.items() if k.startswith("h_")},
-        )
-        if http
-        else None
-    )
+def request(
+    identity: str | None = CLIENT,
+    port: int = 8080,
+    method: str | None = None,
+    path: str = "/",
+    host: str = "echo.server.svc.cluster.local",
+    headers: dict[str, str] | None = None,
+) -> Request:
+    """A connection; with `method`, also the HTTP request a waypoint sees."""
+    attrs = HttpAttributes(method, path, host, headers or {}) if method else None
     return Request(
         source_ip=ipaddress.ip_address("10.244.1.5"),
         destination_ip=ipaddress.ip_address("10.244.2.7"),
@@ -215,14 +214,14 @@ def test_http_operations_at_the_waypoint() -> None:
     deny_admin = policy(Action.DENY, rule((Match(paths=s("/allow/admin")),)), name="deny")
     allow_prefix = policy(Action.ALLOW, rule((Match(paths=s("/allow*")),)), name="allow")
     both = [deny_admin, allow_prefix]
-    assert decide(both, request(path="/allow/x"))
-    assert not decide(both, request(path="/allow/admin"))
-    assert not decide(both, request(path="/other"))
+    assert decide(both, request(method="GET", path="/allow/x"))
+    assert not decide(both, request(method="GET", path="/allow/admin"))
+    assert not decide(both, request(method="GET", path="/other"))
 
 
 def test_hosts_compare_case_insensitively() -> None:
     allow = policy(Action.ALLOW, rule((Match(hosts=s("Echo.Server.svc.cluster.local")),)))
-    assert decide([allow], request(host="ECHO.server.svc.cluster.local"))
+    assert decide([allow], request(method="GET", host="ECHO.server.svc.cluster.local"))
 
 
 @pytest.mark.parametrize(
@@ -239,4 +238,4 @@ def test_hosts_compare_case_insensitively() -> None:
 )
 def test_when_conditions(condition: Condition, allowed: bool) -> None:
     allow = policy(Action.ALLOW, rule((Match(conditions=(condition,)),)))
-    assert decide([allow], request(**{"h_x-user": "alice"})) is allowed
+    assert decide([allow], request(method="GET", headers={"x-user": "alice"})) is allowed
