@@ -1,0 +1,6 @@
+"""Config transport: Istio's delta xDS (ADS) over gRPC, sans-IO core first.
+
+`ResourceStore` holds the resources and pushes changes; `DeltaStream` is one client stream's
+delta-xDS state machine (subscriptions, nonces, ACK/NACK, coalescing); `XdsServer` serves it
+with grpclib. Message types live in `ambient_fast.xds.proto`.
+"""
