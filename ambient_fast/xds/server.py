@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ssl import SSLContext
 from types import TracebackType
@@ -27,6 +28,7 @@ from ambient_fast.xds.proto.discovery_pb2 import DeltaDiscoveryRequest, DeltaDis
 from ambient_fast.xds.resources import Change, ResourceStore
 
 if TYPE_CHECKING:
+    from grpclib._typing import IServable
     from grpclib.server import Stream
 
     AdsStream = Stream[DeltaDiscoveryRequest, DeltaDiscoveryResponse]
@@ -131,7 +133,8 @@ class XdsServer:
     """Serves `AggregatedDiscoveryService.DeltaAggregatedResources` from a `ResourceStore`.
 
     TLS when `ssl` is given (it is told to offer ALPN h2, which gRPC clients require);
-    plaintext otherwise, for debugging only.
+    plaintext otherwise, for debugging only. `services` are other grpclib services to serve
+    on the same port, as istiod serves its CA next to xDS on 15012.
     """
 
     def __init__(
@@ -140,12 +143,13 @@ class XdsServer:
         *,
         ssl: SSLContext | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        services: Iterable[IServable] = (),
     ) -> None:
         self._store = store
         self._ssl = ssl
         self._max_response_bytes = max_response_bytes
         self._clients: set[_ClientStream] = set()
-        self._grpc = Server([_AggregatedDiscoveryService(self)])
+        self._grpc = Server([_AggregatedDiscoveryService(self), *services])
         self._port = 0
 
     @property

@@ -10,13 +10,20 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
 from waits import DEADLINE, wait_until
 from xds_harness import NODE_ID, RawBytes, ads_client, raw_ads_stream
 
 from ambient_fast.identity import MeshCA
 from ambient_fast.xds.proto.authorization_pb2 import Authorization
+from ambient_fast.xds.proto.citadel_grpc import (
+    IstioCertificateServiceBase,
+    IstioCertificateServiceStub,
+)
+from ambient_fast.xds.proto.citadel_pb2 import IstioCertificateRequest, IstioCertificateResponse
 from ambient_fast.xds.proto.discovery_pb2 import DeltaDiscoveryResponse
 from ambient_fast.xds.proto.workload_pb2 import Address, Workload
 from ambient_fast.xds.resources import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ResourceStore
@@ -246,3 +253,31 @@ async def test_tls_with_the_mesh_root(store: ResourceStore) -> None:
         with pytest.raises(ssl.SSLCertVerificationError):
             async with ads_client(server.port, _client_tls(MeshCA.create())) as stranger:
                 await stranger.request()
+
+
+class FixedCertificates(IstioCertificateServiceBase):
+    """A stand-in CA: enough to show another service shares the xDS port."""
+
+    async def CreateCertificate(
+        self, stream: Stream[IstioCertificateRequest, IstioCertificateResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await stream.send_message(IstioCertificateResponse(cert_chain=[request.csr, "root"]))
+
+
+async def test_other_services_share_the_port(store: ResourceStore) -> None:
+    async with XdsServer(store, services=[FixedCertificates()]) as server:
+        await server.start("127.0.0.1", 0)
+        channel = Channel("127.0.0.1", server.port)
+        try:
+            ca = IstioCertificateServiceStub(channel)
+            reply = await asyncio.wait_for(
+                ca.CreateCertificate(IstioCertificateRequest(csr="csr-pem")), DEADLINE
+            )
+            assert list(reply.cert_chain) == ["csr-pem", "root"]
+            async with ads_client(server.port) as client:
+                await client.request()
+                assert names(await client.recv()) == {"a", "b", "c"}
+        finally:
+            channel.close()

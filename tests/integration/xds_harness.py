@@ -14,8 +14,11 @@ from waits import DEADLINE
 
 from ambient_fast.xds.proto.core_pb2 import Node
 from ambient_fast.xds.proto.discovery_grpc import AggregatedDiscoveryServiceStub
-from ambient_fast.xds.proto.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
-from ambient_fast.xds.proto.status_pb2 import Status
+from ambient_fast.xds.proto.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    Status,
+)
 from ambient_fast.xds.resources import ADDRESS_TYPE_URL
 
 if TYPE_CHECKING:

@@ -7,8 +7,11 @@ import pytest
 from ambient_fast.xds.delta import DeltaProtocolError, DeltaStream
 from ambient_fast.xds.proto.authorization_pb2 import Authorization
 from ambient_fast.xds.proto.core_pb2 import Node
-from ambient_fast.xds.proto.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
-from ambient_fast.xds.proto.status_pb2 import Status
+from ambient_fast.xds.proto.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    Status,
+)
 from ambient_fast.xds.proto.workload_pb2 import Address, Workload
 from ambient_fast.xds.resources import (
     ADDRESS_TYPE_URL,

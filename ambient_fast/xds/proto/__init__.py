@@ -2,6 +2,6 @@
 
 `workload_pb2` (istio.workload: Address, Workload, Service), `authorization_pb2`
 (istio.security.Authorization), `citadel_pb2`/`citadel_grpc` (the CA), `zds_pb2` (CNI handoff),
-`discovery_pb2`/`discovery_grpc` (delta ADS), `core_pb2` (Node), `status_pb2` (google.rpc.Status).
+`discovery_pb2`/`discovery_grpc` (delta ADS, and the NACK `Status`), `core_pb2` (Node).
 Regenerate with `python -m ambient_fast.xds.proto.generate`; never edit the generated modules.
 """

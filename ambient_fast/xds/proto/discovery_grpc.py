@@ -10,7 +10,6 @@ if typing.TYPE_CHECKING:
     import grpclib.server
 
 import ambient_fast.xds.proto.core_pb2
-import ambient_fast.xds.proto.status_pb2
 import google.protobuf.any_pb2
 import google.protobuf.duration_pb2
 import ambient_fast.xds.proto.discovery_pb2

@@ -23,12 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from ambient_fast.xds.proto import core_pb2 as ambient__fast_dot_xds_dot_proto_dot_core__pb2
-from ambient_fast.xds.proto import status_pb2 as ambient__fast_dot_xds_dot_proto_dot_status__pb2
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&ambient_fast/xds/proto/discovery.proto\x12\x1a\x65nvoy.service.discovery.v3\x1a!ambient_fast/xds/proto/core.proto\x1a#ambient_fast/xds/proto/status.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\"\x8e\x03\n\x15\x44\x65ltaDiscoveryRequest\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.envoy.config.core.v3.Node\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12 \n\x18resource_names_subscribe\x18\x03 \x03(\t\x12\"\n\x1aresource_names_unsubscribe\x18\x04 \x03(\t\x12q\n\x19initial_resource_versions\x18\x05 \x03(\x0b\x32N.envoy.service.discovery.v3.DeltaDiscoveryRequest.InitialResourceVersionsEntry\x12\x16\n\x0eresponse_nonce\x18\x06 \x01(\t\x12(\n\x0c\x65rror_detail\x18\x07 \x01(\x0b\x32\x12.google.rpc.Status\x1a>\n\x1cInitialResourceVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaa\x01\n\x16\x44\x65ltaDiscoveryResponse\x12\x1b\n\x13system_version_info\x18\x01 \x01(\t\x12\x37\n\tresources\x18\x02 \x03(\x0b\x32$.envoy.service.discovery.v3.Resource\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\x19\n\x11removed_resources\x18\x06 \x03(\t\x12\r\n\x05nonce\x18\x05 \x01(\t\"\xfa\x01\n\x08Resource\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x0f\n\x07version\x18\x01 \x01(\t\x12&\n\x08resource\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12H\n\rcache_control\x18\x07 \x01(\x0b\x32\x31.envoy.service.discovery.v3.Resource.CacheControl\x1a$\n\x0c\x43\x61\x63heControl\x12\x14\n\x0c\x64o_not_cache\x18\x01 \x01(\x08\x32\xa6\x01\n\x1a\x41ggregatedDiscoveryService\x12\x87\x01\n\x18\x44\x65ltaAggregatedResources\x12\x31.envoy.service.discovery.v3.DeltaDiscoveryRequest\x1a\x32.envoy.service.discovery.v3.DeltaDiscoveryResponse\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&ambient_fast/xds/proto/discovery.proto\x12\x1a\x65nvoy.service.discovery.v3\x1a!ambient_fast/xds/proto/core.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\"\x9e\x03\n\x15\x44\x65ltaDiscoveryRequest\x12(\n\x04node\x18\x01 \x01(\x0b\x32\x1a.envoy.config.core.v3.Node\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12 \n\x18resource_names_subscribe\x18\x03 \x03(\t\x12\"\n\x1aresource_names_unsubscribe\x18\x04 \x03(\t\x12q\n\x19initial_resource_versions\x18\x05 \x03(\x0b\x32N.envoy.service.discovery.v3.DeltaDiscoveryRequest.InitialResourceVersionsEntry\x12\x16\n\x0eresponse_nonce\x18\x06 \x01(\t\x12\x38\n\x0c\x65rror_detail\x18\x07 \x01(\x0b\x32\".envoy.service.discovery.v3.Status\x1a>\n\x1cInitialResourceVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaa\x01\n\x16\x44\x65ltaDiscoveryResponse\x12\x1b\n\x13system_version_info\x18\x01 \x01(\t\x12\x37\n\tresources\x18\x02 \x03(\x0b\x32$.envoy.service.discovery.v3.Resource\x12\x10\n\x08type_url\x18\x04 \x01(\t\x12\x19\n\x11removed_resources\x18\x06 \x03(\t\x12\r\n\x05nonce\x18\x05 \x01(\t\"\xfa\x01\n\x08Resource\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x61liases\x18\x04 \x03(\t\x12\x0f\n\x07version\x18\x01 \x01(\t\x12&\n\x08resource\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12H\n\rcache_control\x18\x07 \x01(\x0b\x32\x31.envoy.service.discovery.v3.Resource.CacheControl\x1a$\n\x0c\x43\x61\x63heControl\x12\x14\n\x0c\x64o_not_cache\x18\x01 \x01(\x08\"N\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any2\xa6\x01\n\x1a\x41ggregatedDiscoveryService\x12\x87\x01\n\x18\x44\x65ltaAggregatedResources\x12\x31.envoy.service.discovery.v3.DeltaDiscoveryRequest\x1a\x32.envoy.service.discovery.v3.DeltaDiscoveryResponse\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +36,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._loaded_options = None
   _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_DELTADISCOVERYREQUEST']._serialized_start=202
-  _globals['_DELTADISCOVERYREQUEST']._serialized_end=600
-  _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._serialized_start=538
-  _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._serialized_end=600
-  _globals['_DELTADISCOVERYRESPONSE']._serialized_start=603
-  _globals['_DELTADISCOVERYRESPONSE']._serialized_end=773
-  _globals['_RESOURCE']._serialized_start=776
-  _globals['_RESOURCE']._serialized_end=1026
-  _globals['_RESOURCE_CACHECONTROL']._serialized_start=990
-  _globals['_RESOURCE_CACHECONTROL']._serialized_end=1026
-  _globals['_AGGREGATEDDISCOVERYSERVICE']._serialized_start=1029
-  _globals['_AGGREGATEDDISCOVERYSERVICE']._serialized_end=1195
+  _globals['_DELTADISCOVERYREQUEST']._serialized_start=165
+  _globals['_DELTADISCOVERYREQUEST']._serialized_end=579
+  _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._serialized_start=517
+  _globals['_DELTADISCOVERYREQUEST_INITIALRESOURCEVERSIONSENTRY']._serialized_end=579
+  _globals['_DELTADISCOVERYRESPONSE']._serialized_start=582
+  _globals['_DELTADISCOVERYRESPONSE']._serialized_end=752
+  _globals['_RESOURCE']._serialized_start=755
+  _globals['_RESOURCE']._serialized_end=1005
+  _globals['_RESOURCE_CACHECONTROL']._serialized_start=969
+  _globals['_RESOURCE_CACHECONTROL']._serialized_end=1005
+  _globals['_STATUS']._serialized_start=1007
+  _globals['_STATUS']._serialized_end=1085
+  _globals['_AGGREGATEDDISCOVERYSERVICE']._serialized_start=1088
+  _globals['_AGGREGATEDDISCOVERYSERVICE']._serialized_end=1254
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,6 @@ delta half of ADS is defined here.
 """
 
 from ambient_fast.xds.proto import core_pb2 as _core_pb2
-from ambient_fast.xds.proto import status_pb2 as _status_pb2
 from collections import abc as _abc
 from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
@@ -75,7 +74,7 @@ class DeltaDiscoveryRequest(_message.Message):
         """First request of a type on a reconnected stream: what the client holds."""
 
     @_builtins.property
-    def error_detail(self) -> _status_pb2.Status:
+    def error_detail(self) -> Global___Status:
         """Set on a NACK: why the client rejected the response."""
 
     def __init__(
@@ -87,7 +86,7 @@ class DeltaDiscoveryRequest(_message.Message):
         resource_names_unsubscribe: _abc.Iterable[_builtins.str] | None = ...,
         initial_resource_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         response_nonce: _builtins.str = ...,
-        error_detail: _status_pb2.Status | None = ...,
+        error_detail: Global___Status | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error_detail", b"error_detail", "node", b"node"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -187,3 +186,37 @@ class Resource(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Resource: _TypeAlias = Resource  # noqa: Y015
+
+@_typing.final
+class Status(_message.Message):
+    """The error a client attaches to a NACK: google.rpc.Status's fields and numbers. It is
+    declared here, as istio/ztunnel's own xds.proto does, not as google.rpc.Status: that
+    symbol belongs to googleapis-common-protos, and loading both into protobuf's default
+    pool fails ("duplicate symbol"). error_detail is a typed field, never an Any, so the
+    message's package is invisible on the wire.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A gRPC status code (google.rpc.Code)."""
+    message: _builtins.str
+    @_builtins.property
+    def details(self) -> _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        details: _abc.Iterable[_any_pb2.Any] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Status: _TypeAlias = Status  # noqa: Y015
