@@ -1,0 +1,317 @@
+"""Documents -> typed objects -> placed, indexed `Mesh`, with every problem in a `LoadReport`.
+
+Two steps, both sans-IO: `parse_file` turns one file's text into objects (a bad document
+is reported and skipped; a YAML syntax error fails the whole file), and `assemble` joins
+the files: duplicates, Deployment expansion, placement and IP allocation, indexes.
+`load_sources` and `load_paths` do both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ambient_fast.controlplane.model.core import Deployment, Pod, Service
+from ambient_fast.controlplane.model.deployments import expand
+from ambient_fast.controlplane.model.fields import FieldError, describe
+from ambient_fast.controlplane.model.kinds import KINDS, KindSpec, MeshObject
+from ambient_fast.controlplane.model.mesh import Mesh
+from ambient_fast.controlplane.model.meta import (
+    DEFAULT_NAMESPACE,
+    ObjectKey,
+    parse_meta,
+    peek_identity,
+)
+from ambient_fast.controlplane.model.placement import Allocations, Topology, place
+from ambient_fast.controlplane.model.report import LoadReport, ModelError, Origin, Severity
+from ambient_fast.controlplane.model.sources import SourceFile, read_sources, split_documents
+
+# Namespaces every cluster has; objects in them need no Namespace document.
+BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownDocument:
+    """A document of a kind the model does not know (reported once per kind, skipped)."""
+
+    api_version: str
+    kind: str
+    origin: Origin
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFile:
+    """What one file contributes: its objects in document order and its problems."""
+
+    path: str
+    objects: tuple[MeshObject, ...] = ()
+    problems: tuple[ModelError, ...] = ()
+    unknown: tuple[UnknownDocument, ...] = ()
+
+    @property
+    def failure(self) -> ModelError | None:
+        """The file-level failure (YAML syntax error, unreadable), if the file was unusable."""
+        return next((p for p in self.problems if p.file_level), None)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    mesh: Mesh
+    report: LoadReport
+
+
+def parse_file(source: SourceFile) -> ParsedFile:
+    documents, failure = split_documents(source)
+    if failure is not None:
+        return ParsedFile(source.path, problems=(failure,))
+    objects: list[MeshObject] = []
+    problems: list[ModelError] = []
+    unknown: list[UnknownDocument] = []
+    for document in documents:
+        if document.body is None:  # an empty document, e.g. after a trailing "---"
+            continue
+        origin = Origin(source.path, document.index, document.line)
+        items: list[tuple[str, object]] = [("", document.body)]
+        if isinstance(document.body, Mapping) and _is_list(document.body):
+            raw_items = document.body.get("items") or []
+            if not isinstance(raw_items, list):
+                problems.append(_error(origin, "List", "", "", "items", "expected a list"))
+                continue
+            items = [(f"items[{i}].", item) for i, item in enumerate(raw_items)]
+        for prefix, body in items:
+            result = parse_document(body, origin, prefix)
+            if isinstance(result, ModelError):
+                problems.append(result)
+            elif isinstance(result, UnknownDocument):
+                unknown.append(result)
+            else:
+                objects.append(result)
+    return ParsedFile(source.path, tuple(objects), tuple(problems), tuple(unknown))
+
+
+def _is_list(body: Mapping[object, object]) -> bool:
+    kind = body.get("kind")
+    return isinstance(kind, str) and kind.endswith("List") and "items" in body
+
+
+def _error(
+    origin: Origin, kind: str, namespace: str, name: str, field: str, message: str
+) -> ModelError:
+    return ModelError(
+        origin.path,
+        message,
+        document=origin.document,
+        line=origin.line,
+        kind=kind,
+        namespace=namespace,
+        name=name,
+        field=field,
+    )
+
+
+def parse_document(
+    body: object, origin: Origin, field_prefix: str = ""
+) -> MeshObject | UnknownDocument | ModelError:
+    """One document (or List item) -> its typed object, an unknown kind, or the error."""
+    if not isinstance(body, Mapping):
+        return _error(
+            origin,
+            "",
+            "",
+            "",
+            field_prefix.rstrip("."),
+            f"expected a mapping, got {describe(body)}",
+        )
+    kind = body.get("kind")
+    api_version = body.get("apiVersion")
+    namespace, name = peek_identity(body)
+    if not isinstance(kind, str) or not kind:
+        return _error(origin, "", namespace, name, field_prefix + "kind", "required")
+    spec = KINDS.get(kind)
+    if not isinstance(api_version, str) or not api_version:
+        namespace = _display_namespace(spec, namespace, name)
+        return _error(origin, kind, namespace, name, field_prefix + "apiVersion", "required")
+    if spec is not None and all(_group(v) != _group(api_version) for v in spec.api_versions):
+        spec = None  # the same kind name in another API group, e.g. Istio's own Gateway
+    if spec is None:
+        return UnknownDocument(api_version, kind, origin, namespace, name)
+    namespace = _display_namespace(spec, namespace, name)
+    if api_version not in spec.api_versions:
+        expected = ", ".join(spec.api_versions)
+        return _error(
+            origin,
+            kind,
+            namespace,
+            name,
+            field_prefix + "apiVersion",
+            f"expected one of {expected}, got {describe(api_version)}",
+        )
+    try:
+        meta = parse_meta(body, origin, namespaced=spec.namespaced)
+        return spec.parse(body, meta)
+    except FieldError as exc:
+        return _error(origin, kind, namespace, name, field_prefix + exc.field, exc.message)
+
+
+def _display_namespace(spec: KindSpec | None, namespace: str, name: str) -> str:
+    """The namespace as the rest of the report names the object ("default" if unset)."""
+    if spec is None:
+        return namespace
+    if not spec.namespaced:
+        return ""
+    return namespace or (DEFAULT_NAMESPACE if name else "")
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
+
+
+def assemble(
+    files: Sequence[ParsedFile],
+    topology: Topology | None = None,
+    previous: Allocations | None = None,
+) -> LoadResult:
+    """Join parsed files into a Mesh: duplicates, Deployments -> Pods, placement, indexes.
+
+    `previous` (the last load's `Mesh.allocations`) keeps model-chosen nodes and addresses
+    stable across reloads.
+    """
+    topology = topology or Topology()
+    problems: list[ModelError] = [p for f in files for p in f.problems]
+    problems.extend(_unknown_kind_warnings(files))
+
+    origins: dict[ObjectKey, tuple[Origin, ObjectKey]] = {}  # -> where written, as which object
+    kept: list[MeshObject] = []
+    for file in files:
+        for obj in file.objects:
+            key, origin = obj.key, obj.meta.origin
+            first = origins.get(key)
+            if first is not None:
+                problems.append(_at(origin, key, "", f"duplicate of {first[0]}; skipped"))
+                continue
+            origins[key] = (origin, key)
+            kept.append(obj)
+
+    pods: list[Pod] = []
+    services: list[Service] = []
+    others: list[MeshObject] = []
+    for obj in kept:
+        if isinstance(obj, Pod):
+            pods.append(obj)
+        elif isinstance(obj, Service):
+            services.append(obj)
+        else:
+            others.append(obj)
+    for obj in kept:
+        if isinstance(obj, Deployment):
+            for pod in expand(obj):
+                first = origins.get(pod.key)
+                if first is not None:
+                    message = f"pod {pod.name} already exists ({first[0]}); skipped"
+                    problems.append(_at(obj.meta.origin, obj.key, "", message))
+                    continue
+                origins[pod.key] = (obj.meta.origin, obj.key)
+                pods.append(pod)
+
+    problems.extend(_undeclared_namespace_warnings(kept))
+
+    placement = place(pods, services, topology, previous)
+    for problem in placement.problems:
+        origin, reported_as = origins[problem.key]
+        if reported_as != problem.key:  # a generated pod: report it on its Deployment
+            message = f"pod {problem.key.name}: {problem.message}"
+            problems.append(_at(origin, reported_as, "", message))
+        else:
+            problems.append(_at(origin, reported_as, problem.field, problem.message))
+
+    mesh = Mesh([*others, *placement.pods, *placement.services], topology, placement.allocations)
+    return LoadResult(mesh, LoadReport(tuple(problems)))
+
+
+def _at(
+    origin: Origin, key: ObjectKey, field: str, message: str, severity: Severity = Severity.ERROR
+) -> ModelError:
+    return ModelError(
+        origin.path,
+        message,
+        document=origin.document,
+        line=origin.line,
+        kind=key.kind,
+        namespace=key.namespace,
+        name=key.name,
+        field=field,
+        severity=severity,
+    )
+
+
+def _unknown_kind_warnings(files: Sequence[ParsedFile]) -> list[ModelError]:
+    first: dict[tuple[str, str], UnknownDocument] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for file in files:
+        for doc in file.unknown:
+            key = (doc.api_version, doc.kind)
+            first.setdefault(key, doc)
+            counts[key] = counts.get(key, 0) + 1
+    warnings = []
+    for key, doc in first.items():
+        count = counts[key]
+        more = f" ({count} documents)" if count > 1 else ""
+        warnings.append(
+            ModelError(
+                doc.origin.path,
+                f"unknown kind {doc.kind} ({doc.api_version}); skipped{more}",
+                document=doc.origin.document,
+                line=doc.origin.line,
+                kind=doc.kind,
+                namespace=doc.namespace,
+                name=doc.name,
+                severity=Severity.WARNING,
+            )
+        )
+    return warnings
+
+
+def _undeclared_namespace_warnings(objects: Iterable[MeshObject]) -> list[ModelError]:
+    declared = {obj.name for obj in objects if obj.KIND == "Namespace"}
+    warned: set[str] = set()
+    warnings = []
+    for obj in objects:
+        namespace = obj.namespace
+        if not namespace or namespace in declared or namespace in BUILTIN_NAMESPACES:
+            continue
+        if namespace in warned:
+            continue
+        warned.add(namespace)
+        warnings.append(
+            _at(
+                obj.meta.origin,
+                obj.key,
+                "metadata.namespace",
+                f"namespace {namespace!r} has no Namespace document; it has no labels",
+                Severity.WARNING,
+            )
+        )
+    return warnings
+
+
+def load_sources(
+    sources: Iterable[SourceFile],
+    topology: Topology | None = None,
+    previous: Allocations | None = None,
+) -> LoadResult:
+    """Parse and assemble file contents (no filesystem access)."""
+    return assemble([parse_file(s) for s in sources], topology, previous)
+
+
+def load_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    topology: Topology | None = None,
+) -> LoadResult:
+    """Read files and directories (recursively, *.yaml / *.yml, sorted) and load them."""
+    sources, read_problems = read_sources(paths)
+    files = [ParsedFile(p.path, problems=(p,)) for p in read_problems]
+    files.extend(parse_file(s) for s in sources)
+    return assemble(files, topology)

@@ -1,0 +1,207 @@
+"""Reload on change: `LiveModel` (sans-IO: file contents in, Mesh out) and `ModelWatcher`.
+
+A file that fails as a whole (YAML syntax error, unreadable) keeps its last good version:
+its objects stay in the mesh and the failure is reported until a fixed edit arrives. A
+file that parses is taken as written (its bad documents reported and skipped, as on the
+first load); a deleted file takes its objects with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ambient_fast.controlplane.model.loader import LoadResult, ParsedFile, assemble, parse_file
+from ambient_fast.controlplane.model.mesh import Mesh
+from ambient_fast.controlplane.model.placement import Topology
+from ambient_fast.controlplane.model.report import LoadReport, ModelError, Severity
+from ambient_fast.controlplane.model.sources import (
+    FileStamp,
+    SourceFile,
+    expand_paths,
+    read_source,
+    stat_sources,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_INTERVAL = 1.0  # seconds; a local control plane, not a cluster-scale watch
+# Files modified this close before a scan are re-read even with an unchanged stamp:
+# coarse filesystem timestamps can hide a second write in the same tick ("racy git").
+RACY_WINDOW_NS = 2_000_000_000
+
+FileChange = SourceFile | ModelError | None  # new contents, unreadable, or deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The outcome of applying changes: the current result and whether the Mesh is new."""
+
+    result: LoadResult
+    published: bool
+
+    @property
+    def mesh(self) -> Mesh:
+        return self.result.mesh
+
+    @property
+    def report(self) -> LoadReport:
+        return self.result.report
+
+
+@dataclass(frozen=True, slots=True)
+class _FileState:
+    good: ParsedFile | None  # the last version that parsed, None if it never did
+    text: str | None  # the text of `good`
+    failure: ModelError | None  # why the current contents are not used
+
+
+class LiveModel:
+    """The current files and the Mesh built from them; feed it changes, get updates."""
+
+    def __init__(self, topology: Topology | None = None) -> None:
+        self._topology = topology or Topology()
+        self._files: dict[str, _FileState] = {}
+        self._base: LoadResult | None = None  # the last assembly, before per-file failures
+        self._result: LoadResult | None = None
+
+    @property
+    def result(self) -> LoadResult | None:
+        return self._result
+
+    def apply(self, changes: Mapping[str, FileChange]) -> Update:
+        """Apply new contents per path (None: deleted); rebuild if anything usable changed."""
+        changed = self._base is None
+        for path, change in changes.items():
+            state = self._files.get(path)
+            good, text = (state.good, state.text) if state is not None else (None, None)
+            if change is None:
+                if self._files.pop(path, None) is not None and good is not None:
+                    changed = True
+            elif isinstance(change, ModelError):
+                self._files[path] = _FileState(good, text, change)
+            elif change.text == text:
+                self._files[path] = _FileState(good, text, None)  # touched, or an edit undone
+            else:
+                parsed = parse_file(change)
+                if parsed.failure is None:
+                    self._files[path] = _FileState(parsed, change.text, None)
+                    changed = True
+                else:
+                    self._files[path] = _FileState(good, text, parsed.failure)
+        if changed or self._base is None:
+            previous = self._base.mesh.allocations if self._base is not None else None
+            good_files = [s.good for _, s in sorted(self._files.items()) if s.good is not None]
+            self._base = assemble(good_files, self._topology, previous)
+        base = self._base
+        self._result = LoadResult(base.mesh, LoadReport((*self._failures(), *base.report.problems)))
+        return Update(self._result, published=changed)
+
+    def _failures(self) -> list[ModelError]:
+        problems = []
+        for path, state in sorted(self._files.items()):
+            if state.failure is None:
+                continue
+            problems.append(state.failure)
+            if state.good is not None:
+                kept = len(state.good.objects)
+                problems.append(
+                    ModelError(
+                        path,
+                        f"keeping the last good version of this file ({kept} objects)",
+                        severity=Severity.WARNING,
+                    )
+                )
+        return problems
+
+
+class ModelWatcher:
+    """Polls the given files and directories by mtime/size and publishes each new Mesh.
+
+    `poll()` does one check synchronously (tests call it directly); `run()` polls every
+    `interval` seconds using the injected `sleep`. Subscribers get `(mesh, report)` for each
+    published Mesh; a broken edit is logged and reported but not published.
+    """
+
+    def __init__(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        topology: Topology | None = None,
+        interval: float = DEFAULT_POLL_INTERVAL,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._paths: Sequence[str | os.PathLike[str]] = tuple(paths)
+        self._interval = interval
+        self._sleep = sleep
+        self._now_ns = now_ns
+        self._model = LiveModel(topology)
+        self._stamps: dict[str, FileStamp] = {}
+        self._missing: dict[str, ModelError] = {}
+        self._last_scan_ns = 0
+        self._subscribers: list[Callable[[Mesh, LoadReport], None]] = []
+
+    @property
+    def mesh(self) -> Mesh | None:
+        result = self._model.result
+        return result.mesh if result is not None else None
+
+    @property
+    def report(self) -> LoadReport | None:
+        result = self._model.result
+        return result.report if result is not None else None
+
+    def subscribe(self, callback: Callable[[Mesh, LoadReport], None]) -> None:
+        self._subscribers.append(callback)
+
+    def poll(self) -> Update | None:
+        """Check the paths once; returns the update if anything changed, else None."""
+        scan_started = self._now_ns()
+        files, missing = expand_paths(self._paths)
+        stamps = stat_sources(files)
+        changes: dict[str, FileChange] = {}
+        for path, stamp in stamps.items():
+            before = self._stamps.get(path)
+            racy = stamp is not None and stamp.mtime_ns >= self._last_scan_ns - RACY_WINDOW_NS
+            if stamp is None or stamp != before or racy:
+                changes[path] = read_source(path) if stamp is not None else None
+        for path in self._stamps.keys() - stamps.keys():
+            changes[path] = None
+        self._stamps = {p: s for p, s in stamps.items() if s is not None}
+        self._last_scan_ns = scan_started
+        new_missing = {str(p.path): p for p in missing}
+        if not changes and new_missing == self._missing and self._model.result is not None:
+            return None
+        self._missing = new_missing
+        update = self._model.apply(changes)
+        if missing:
+            update = Update(
+                LoadResult(update.mesh, LoadReport((*missing, *update.report.problems))),
+                update.published,
+            )
+        for problem in update.report.problems:
+            if problem.file_level:
+                log.warning("%s", problem)
+        if update.published:
+            log.info(
+                "mesh reloaded: %d objects, %d problems",
+                len(update.mesh),
+                len(update.report.problems),
+            )
+            for callback in self._subscribers:
+                callback(update.mesh, update.report)
+        return update
+
+    async def run(self) -> None:
+        """Poll forever (cancel the task to stop); the first poll happens immediately."""
+        while True:
+            try:
+                self.poll()
+            except Exception:  # one bad poll must not stop the control plane
+                log.exception("model poll failed")
+            await self._sleep(self._interval)
