@@ -1,0 +1,14 @@
+"""Mesh model -> Istio's workload API, with istiod's semantics (reference 02, 03).
+
+`translate(mesh)` gives a `Translation`: Address resources (Workload, Service) by name,
+Authorization resources for node proxies, and every policy in engine form (`policy.Policy`)
+for waypoints and the offline tools. `Translation.publish(store)` feeds the xDS server.
+"""
+
+from ambient_fast.controlplane.translate.translate import (
+    TranslateOptions,
+    Translation,
+    translate,
+)
+
+__all__ = ["TranslateOptions", "Translation", "translate"]

@@ -1,0 +1,105 @@
+"""The whole translation: a Mesh in, the workload API resources (and engine policies) out."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ambient_fast.controlplane.model import Mesh, Pod
+from ambient_fast.controlplane.model.meta import selector_matches
+from ambient_fast.controlplane.translate.policies import (
+    DEFAULT_ROOT_NAMESPACE,
+    PolicyNotes,
+    translate_authorization,
+    translate_peer_authentication,
+)
+from ambient_fast.controlplane.translate.workloads import (
+    Naming,
+    build_service,
+    build_workload,
+    service_resource_name,
+    workload_uid,
+)
+from ambient_fast.policy import Policy, Scope
+from ambient_fast.policy.proto import to_authorization
+from ambient_fast.xds.proto import authorization_pb2 as authz
+from ambient_fast.xds.proto import workload_pb2 as wl
+from ambient_fast.xds.resources import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ResourceStore
+
+
+@dataclass(frozen=True, slots=True)
+class TranslateOptions:
+    # istiod defaults: CLUSTER_ID "Kubernetes", trust domain and DNS domain cluster.local.
+    cluster_id: str = "Kubernetes"
+    trust_domain: str = "cluster.local"
+    domain: str = "cluster.local"
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+
+
+@dataclass
+class Translation:
+    addresses: dict[str, wl.Address] = field(default_factory=dict)
+    authorizations: dict[str, authz.Authorization] = field(default_factory=dict)
+    # Every policy in engine form, HTTP attributes included (waypoints, offline tools).
+    policies: list[Policy] = field(default_factory=list)
+    # targetRef policies, for the waypoint configuration.
+    waypoint_policies: list[Policy] = field(default_factory=list)
+    notes: PolicyNotes = field(default_factory=PolicyNotes)
+
+    def publish(self, store: ResourceStore) -> None:
+        """Replaces the store's contents; only what changed reaches connected proxies."""
+        store.replace(ADDRESS_TYPE_URL, self.addresses)
+        store.replace(AUTHORIZATION_TYPE_URL, self.authorizations)
+
+
+def _selector_policies(
+    mesh: Mesh, options: TranslateOptions, out: Translation
+) -> dict[str, list[tuple[dict[str, str], str]]]:
+    """Translates every policy; returns the selector ones by namespace for workload lookup."""
+    by_namespace: dict[str, list[tuple[dict[str, str], str]]] = defaultdict(list)
+    for ap in mesh.authorization_policies:
+        policy = translate_authorization(ap, out.notes, options.root_namespace)
+        if ap.target_refs:
+            out.waypoint_policies.append(policy)
+            continue
+        out.policies.append(policy)
+        node_form = policy.for_node_proxy()
+        if node_form is None:
+            continue
+        out.authorizations[policy.key] = to_authorization(node_form)
+        if policy.scope is Scope.WORKLOAD_SELECTOR and ap.selector:
+            by_namespace[ap.namespace].append((dict(ap.selector), policy.key))
+    for pa in mesh.peer_authentications:
+        strict = translate_peer_authentication(pa, options.root_namespace)
+        if strict is None:
+            continue
+        out.policies.append(strict)
+        out.authorizations[strict.key] = to_authorization(strict)
+        if strict.scope is Scope.WORKLOAD_SELECTOR and pa.selector:
+            by_namespace[pa.namespace].append((dict(pa.selector), strict.key))
+    return by_namespace
+
+
+def _policies_of(pod: Pod, selectors: list[tuple[dict[str, str], str]]) -> tuple[str, ...]:
+    return tuple(sorted(key for sel, key in selectors if selector_matches(sel, pod.labels)))
+
+
+def translate(mesh: Mesh, options: TranslateOptions | None = None) -> Translation:
+    options = options or TranslateOptions()
+    naming = Naming(options.cluster_id, options.trust_domain, options.domain)
+    out = Translation()
+    selectors = _selector_policies(mesh, options, out)
+    for pod in mesh.pods:
+        if not pod.ip:
+            continue  # not scheduled: no address to route to yet
+        policies = _policies_of(pod, selectors.get(pod.namespace, []))
+        out.addresses[workload_uid(pod, naming)] = wl.Address(
+            workload=build_workload(mesh, pod, naming, policies)
+        )
+    for service in mesh.services:
+        if service.external_name:
+            continue
+        out.addresses[service_resource_name(service, naming)] = wl.Address(
+            service=build_service(mesh, service, naming)
+        )
+    return out

@@ -1,0 +1,76 @@
+"""Which waypoint an object uses (reference 03 "Enrolment labels"), as istiod decides it.
+
+The object's own `istio.io/use-waypoint` label wins; the namespace's applies only when the
+object has none; `none` (or the older `#none`) opts out without falling back. The bound
+Gateway must exist, be of class istio-waypoint and serve the traffic type.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Mapping
+
+from ambient_fast.controlplane.model import Gateway, Mesh
+from ambient_fast.xds.proto import workload_pb2 as wl
+
+USE_WAYPOINT = "istio.io/use-waypoint"
+USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
+WAYPOINT_FOR = "istio.io/waypoint-for"
+# Set by istiod on a waypoint's own Deployment/Service/pods; those never get a waypoint.
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+OPT_OUT = ("none", "#none")
+HBONE_PORT = 15008
+DEFAULT_DOMAIN = "cluster.local"
+
+
+class Traffic(enum.Enum):
+    """How the destination was addressed; decides which waypoints may serve it."""
+
+    SERVICE = "service"
+    WORKLOAD = "workload"
+
+
+def waypoint_serves(mesh: Mesh, gateway: Gateway) -> str:
+    """`istio.io/waypoint-for` of the Gateway, else of its GatewayClass, else `service`."""
+    if WAYPOINT_FOR in gateway.labels:
+        return gateway.labels[WAYPOINT_FOR]
+    cls = mesh.gateway_class(gateway.gateway_class_name)
+    return cls.labels.get(WAYPOINT_FOR, "service") if cls else "service"
+
+
+def bound_waypoint(
+    mesh: Mesh, namespace: str, labels: Mapping[str, str], traffic: Traffic
+) -> Gateway | None:
+    """The waypoint this object's traffic goes through, or None (direct)."""
+    if GATEWAY_NAME_LABEL in labels:
+        return None
+    source = labels
+    name = labels.get(USE_WAYPOINT)
+    if name is None:
+        source = mesh.namespace_labels(namespace)
+        name = source.get(USE_WAYPOINT)
+    if name is None or name in OPT_OUT:
+        return None
+    gateway = mesh.gateway(source.get(USE_WAYPOINT_NAMESPACE, namespace), name)
+    if gateway is None or not gateway.is_waypoint:
+        return None  # istiod: traffic goes direct while the waypoint does not exist
+    serves = waypoint_serves(mesh, gateway)
+    return gateway if serves in ("all", traffic.value) else None
+
+
+def gateway_address(
+    mesh: Mesh, gateway: Gateway, domain: str = DEFAULT_DOMAIN
+) -> wl.GatewayAddress:
+    """The waypoint's VIP when its Service exists with one, else its hostname."""
+    service = mesh.service(gateway.namespace, gateway.name)
+    if service is not None and service.cluster_ip:
+        vip = ipaddress.ip_address(service.cluster_ip).packed
+        return wl.GatewayAddress(
+            address=wl.NetworkAddress(network="", address=vip), hbone_mtls_port=HBONE_PORT
+        )
+    hostname = f"{gateway.name}.{gateway.namespace}.svc.{domain}"
+    return wl.GatewayAddress(
+        hostname=wl.NamespacedHostname(namespace=gateway.namespace, hostname=hostname),
+        hbone_mtls_port=HBONE_PORT,
+    )
