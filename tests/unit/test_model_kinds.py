@@ -431,6 +431,16 @@ def test_authorization_policy_no_rules_differs_from_empty_rule(
     assert not policy.dry_run
 
 
+@pytest.mark.parametrize(("value", "dry_run"), [("True", True), ("1", True), ("false", False)])
+def test_dry_run_annotation_reads_like_go_parse_bool(value: str, dry_run: bool) -> None:
+    policy = only(f"""
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {{name: p, annotations: {{istio.io/dry-run: "{value}"}}}}
+    """)
+    assert isinstance(policy, AuthorizationPolicy) and policy.dry_run is dry_run
+
+
 def test_authorization_policy_target_refs_and_custom_provider() -> None:
     policy = only("""
         apiVersion: security.istio.io/v1

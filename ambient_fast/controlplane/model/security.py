@@ -34,6 +34,10 @@ from ambient_fast.controlplane.model.meta import DRY_RUN_ANNOTATION, ObjectMeta
 
 AUTHZ_ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
 MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+_GO_BOOLS = {
+    **dict.fromkeys(("1", "t", "T", "true", "TRUE", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "false", "FALSE", "False"), False),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,11 +270,12 @@ def parse_authorization_policy(doc: Obj, meta: ObjectMeta) -> AuthorizationPolic
     target_refs = _target_refs(spec, meta)
     if selector is not None and target_refs:
         raise FieldError("spec.targetRefs", "only one of selector or targetRef(s) may be set")
-    dry_run = meta.annotations.get(DRY_RUN_ANNOTATION, "").lower()
-    if dry_run not in ("", "true", "false"):
+    # Istio reads the annotation with Go's strconv.ParseBool.
+    dry_run_text = meta.annotations.get(DRY_RUN_ANNOTATION, "false")
+    if dry_run_text not in _GO_BOOLS:
         raise FieldError(
             f"metadata.annotations.{DRY_RUN_ANNOTATION}",
-            f'expected "true" or "false", got {dry_run!r}',
+            f'expected "true" or "false", got {dry_run_text!r}',
         )
     return AuthorizationPolicy(
         meta,
@@ -279,7 +284,7 @@ def parse_authorization_policy(doc: Obj, meta: ObjectMeta) -> AuthorizationPolic
         selector=selector,
         target_refs=target_refs,
         provider=provider,
-        dry_run=dry_run == "true",
+        dry_run=_GO_BOOLS[dry_run_text],
     )
 
 
