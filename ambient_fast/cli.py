@@ -42,6 +42,12 @@ def _perf(args: argparse.Namespace) -> int:
     return run_perf(args)
 
 
+def _config(args: argparse.Namespace) -> int:
+    from ambient_fast.controlplane.commands import print_config
+
+    return print_config(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ambient-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--identity", action="append", required=True, metavar="SPIFFE_ID")
     certs.add_argument("--trust-domain", default="cluster.local")
 
+    config = sub.add_parser("config", help="the xDS resources the control plane would serve")
+    from ambient_fast.controlplane.commands import add_model_arguments
+
+    add_model_arguments(config)
+
     perf = sub.add_parser("perf", help="benchmarks with ratios to anchors (source checkout)")
     perf.add_argument(
         "suite",
@@ -79,6 +90,7 @@ _HANDLERS = {
     "tunnel": _tunnel,
     "certs": _certs,
     "perf": _perf,
+    "config": _config,
 }
 
 

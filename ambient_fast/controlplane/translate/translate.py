@@ -26,13 +26,17 @@ from ambient_fast.xds.proto import authorization_pb2 as authz
 from ambient_fast.xds.proto import workload_pb2 as wl
 from ambient_fast.xds.resources import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ResourceStore
 
+# istiod defaults: CLUSTER_ID "Kubernetes", trust domain and DNS domain cluster.local.
+DEFAULT_CLUSTER_ID = "Kubernetes"
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+DEFAULT_DOMAIN = "cluster.local"
+
 
 @dataclass(frozen=True, slots=True)
 class TranslateOptions:
-    # istiod defaults: CLUSTER_ID "Kubernetes", trust domain and DNS domain cluster.local.
-    cluster_id: str = "Kubernetes"
-    trust_domain: str = "cluster.local"
-    domain: str = "cluster.local"
+    cluster_id: str = DEFAULT_CLUSTER_ID
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    domain: str = DEFAULT_DOMAIN
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
 
 
