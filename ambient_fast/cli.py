@@ -48,6 +48,18 @@ def _config(args: argparse.Namespace) -> int:
     return print_config(args)
 
 
+def _authz(args: argparse.Namespace) -> int:
+    from ambient_fast.controlplane.authz import run_check
+
+    return run_check(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from ambient_fast.controlplane.authz import run_explain
+
+    return run_explain(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ambient-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_arguments(config)
 
+    from ambient_fast.controlplane.authz import add_check_arguments
+
+    authz = sub.add_parser("authz", help="offline policy tools on a mesh's YAML")
+    authz_sub = authz.add_subparsers(dest="authz_command", required=True)
+    check = authz_sub.add_parser("check", help="would this connection or request be allowed?")
+    add_check_arguments(check)
+    check.add_argument("--http", nargs=2, metavar=("METHOD", "PATH"), help="an HTTP request")
+    check.add_argument("-H", dest="header", action="append", default=[], metavar="NAME:VALUE")
+
+    explain = sub.add_parser("explain", help="the path a connection takes through the mesh")
+    add_check_arguments(explain)
+
     perf = sub.add_parser("perf", help="benchmarks with ratios to anchors (source checkout)")
     perf.add_argument(
         "suite",
@@ -91,6 +115,8 @@ _HANDLERS = {
     "certs": _certs,
     "perf": _perf,
     "config": _config,
+    "authz": _authz,
+    "explain": _explain,
 }
 
 

@@ -40,6 +40,30 @@ class TranslateOptions:
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
 
 
+@dataclass(frozen=True, slots=True)
+class WaypointPolicy:
+    """A policy attached to waypoints by targetRef(s): (kind, name) in its own namespace."""
+
+    policy: Policy
+    targets: tuple[tuple[str, str], ...]
+
+    def applies_to(self, gateway: tuple[str, str], service: tuple[str, str] | None) -> bool:
+        """Whether it applies at waypoint `gateway` for traffic to `service` (ns, name)."""
+        ns = self.policy.namespace
+        for kind, name in self.targets:
+            if kind == "Gateway" and (ns, name) == gateway:
+                return True
+            if kind == "Service" and service is not None and (ns, name) == service:
+                return True
+            if (
+                kind == "GatewayClass"
+                and name == "istio-waypoint"
+                and self.policy.scope is Scope.GLOBAL
+            ):
+                return True
+        return False
+
+
 @dataclass
 class Translation:
     addresses: dict[str, wl.Address] = field(default_factory=dict)
@@ -47,8 +71,9 @@ class Translation:
     # Every policy in engine form, HTTP attributes included (waypoints, offline tools).
     policies: list[Policy] = field(default_factory=list)
     # targetRef policies, for the waypoint configuration.
-    waypoint_policies: list[Policy] = field(default_factory=list)
+    waypoint_policies: list[WaypointPolicy] = field(default_factory=list)
     notes: PolicyNotes = field(default_factory=PolicyNotes)
+    options: TranslateOptions = field(default_factory=lambda: TranslateOptions())
 
     def publish(self, store: ResourceStore) -> None:
         """Replaces the store's contents; only what changed reaches connected proxies."""
@@ -64,7 +89,12 @@ def _selector_policies(
     for ap in mesh.authorization_policies:
         policy = translate_authorization(ap, out.notes, options.root_namespace)
         if ap.target_refs:
-            out.waypoint_policies.append(policy)
+            targets = tuple(
+                (ref.kind, ref.name)
+                for ref in ap.target_refs
+                if ref.namespace in (None, ap.namespace)  # another namespace never matches
+            )
+            out.waypoint_policies.append(WaypointPolicy(policy, targets))
             continue
         out.policies.append(policy)
         node_form = policy.for_node_proxy()
@@ -91,7 +121,7 @@ def _policies_of(pod: Pod, selectors: list[tuple[dict[str, str], str]]) -> tuple
 def translate(mesh: Mesh, options: TranslateOptions | None = None) -> Translation:
     options = options or TranslateOptions()
     naming = Naming(options.cluster_id, options.trust_domain, options.domain)
-    out = Translation()
+    out = Translation(options=options)
     selectors = _selector_policies(mesh, options, out)
     for pod in mesh.pods:
         if not pod.ip:

@@ -1,0 +1,91 @@
+"""`ambient-fast authz check` and `explain` on the bookinfo fixture (reference 03 paths)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ambient_fast.cli import main
+
+BOOKINFO = str(Path(__file__).resolve().parents[1] / "fixtures" / "meshes" / "bookinfo")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code = main([*argv, "-f", BOOKINFO, "--json"])
+    return code, orjson.loads(capsys.readouterr().out)
+
+
+def test_service_traffic_goes_through_the_bound_waypoint(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out = run(capsys, "explain", "--from", "sleep/sleep", "--to", "productpage.bookinfo:9080")
+    assert code == 0
+    assert out == {
+        "path": "waypoint",
+        "waypoint": "bookinfo/waypoint",
+        "endpoints": ["waypoint.bookinfo.svc.cluster.local:15008"],
+        "expected_identities": ["spiffe://cluster.local/ns/bookinfo/sa/waypoint"],
+    }
+
+
+def test_pod_traffic_skips_a_service_waypoint_and_uses_hbone(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    main(["config", "-f", BOOKINFO])
+    config = orjson.loads(capsys.readouterr().out)
+    ratings = next(
+        w["workload"]
+        for name, w in config["resources"]["type.googleapis.com/istio.workload.Address"].items()
+        if "/ratings-v1-" in name
+    )
+    ip = ratings["addresses"][0]
+    _, out = run(capsys, "explain", "--from", "sleep/sleep", "--to", f"{ip}:9080")
+    assert out["path"] == "hbone"
+    assert out["endpoints"] == [f"{ip}:9080"]
+    assert out["expected_identities"] == ["spiffe://cluster.local/ns/bookinfo/sa/bookinfo-ratings"]
+
+
+def test_unknown_destinations_pass_through(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out = run(capsys, "explain", "--from", "sleep/sleep", "--to", "192.0.2.1:443")
+    assert out["path"] == "passthrough" and out["endpoints"] == ["192.0.2.1:443"]
+
+
+def test_the_waypoint_enforces_l7_and_the_destination_ztunnel_sees_the_waypoint(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    to_reviews = ("authz", "check", "--from", "sleep/sleep", "--to", "reviews.bookinfo:9080")
+    code, out = run(capsys, *to_reviews, "--http", "GET", "/reviews/1")
+    assert (code, out["decision"], out["enforced_by"]) == (0, "ALLOW", ["waypoint", "ztunnel"])
+    code, out = run(capsys, *to_reviews, "--http", "POST", "/reviews/1")
+    assert (code, out["decision"], out["enforced_by"]) == (1, "DENY", ["waypoint"])
+    # Normalized before matching: no way around the policy with dot segments.
+    code, out = run(capsys, *to_reviews, "--http", "GET", "/x/../reviews/1")
+    assert out["decision"] == "ALLOW"
+
+
+def test_strict_mtls_denies_an_out_of_mesh_client(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(
+        capsys,
+        "authz",
+        "check",
+        "--from",
+        "plaintext:192.0.2.7",
+        "--to",
+        "productpage.bookinfo:9080",
+    )
+    assert code == 1
+    assert out == {
+        "decision": "DENY",
+        "enforced_by": ["ztunnel"],
+        "policy": "bookinfo/istio_converted_peer_authentication_strict",
+        "reason": out["reason"],
+    }
+    assert "DENY policy" in out["reason"]
+
+
+def test_an_unknown_pod_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["authz", "check", "-f", BOOKINFO, "--from", "sleep/nope", "--to", "x:1"]) == 2
+    assert "'sleep/nope': no such pod" in capsys.readouterr().err
