@@ -60,6 +60,12 @@ def _explain(args: argparse.Namespace) -> int:
     return run_explain(args)
 
 
+def _controlplane(args: argparse.Namespace) -> int:
+    from ambient_fast.controlplane.run import run_controlplane
+
+    return run_controlplane(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ambient-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--out", required=True, metavar="DIR")
     certs.add_argument("--identity", action="append", required=True, metavar="SPIFFE_ID")
     certs.add_argument("--trust-domain", default="cluster.local")
+
+    controlplane = sub.add_parser(
+        "controlplane", help="serve the workload API (delta xDS) and the CA on 15012"
+    )
+    from ambient_fast.controlplane.run import add_arguments as add_controlplane_arguments
+
+    add_controlplane_arguments(controlplane)
 
     config = sub.add_parser("config", help="the xDS resources the control plane would serve")
     from ambient_fast.controlplane.commands import add_model_arguments
@@ -115,6 +128,7 @@ _HANDLERS = {
     "certs": _certs,
     "perf": _perf,
     "config": _config,
+    "controlplane": _controlplane,
     "authz": _authz,
     "explain": _explain,
 }
