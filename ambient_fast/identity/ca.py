@@ -2,6 +2,7 @@
 
 Used by the standalone (self-signed) mode, by the control plane's CA and by test fixtures.
 Workload certificates follow Istio: EC P-256 keys, empty subject, one critical URI SAN.
+The CA key is EC (our own roots) or RSA (plug-in CAs, as istiod accepts in its cacerts).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ambient_fast.identity.spiffe import Identity
@@ -23,8 +24,11 @@ DEFAULT_ROOT_TTL = datetime.timedelta(days=3650)
 # Backdate notBefore a little so peers with slightly skewed clocks accept new certificates.
 _CLOCK_SKEW = datetime.timedelta(minutes=1)
 
+CAPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+SubjectPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+
+def _pem_key(key: CAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -53,10 +57,42 @@ class WorkloadCertificate:
 class MeshCA:
     """A root CA that signs SPIFFE workload certificates."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+    def __init__(self, key: CAPrivateKey, cert: x509.Certificate) -> None:
         self._key = key
         self.cert = cert
         self.root_pem = cert.public_bytes(serialization.Encoding.PEM)
+        # Everything a leaf shares with every other leaf, built once: the control plane's CA
+        # signs hundreds per second and rebuilding these was a third of the signing time.
+        self._leaf_template = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(cert.subject)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+                critical=False,
+            )
+        )
 
     @classmethod
     def create(
@@ -98,8 +134,8 @@ class MeshCA:
     @classmethod
     def load(cls, cert_pem: bytes, key_pem: bytes) -> MeshCA:
         key = serialization.load_pem_private_key(key_pem, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError("mesh CA key: only EC keys are supported")
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise ValueError("mesh CA key: only EC and RSA keys are supported")
         return cls(key, x509.load_pem_x509_certificate(cert_pem))
 
     @property
@@ -108,45 +144,17 @@ class MeshCA:
 
     def sign(
         self,
-        public_key: ec.EllipticCurvePublicKey,
+        public_key: SubjectPublicKey,
         san_uris: list[str],
         ttl: datetime.timedelta = DEFAULT_WORKLOAD_TTL,
     ) -> bytes:
         """Signs a leaf certificate for `public_key` carrying `san_uris`; returns its PEM."""
         now = datetime.datetime.now(datetime.UTC)
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name(self.cert.subject)
-            .public_key(public_key)
+            self._leaf_template.public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _CLOCK_SKEW)
             .not_valid_after(now + ttl)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
             # Empty subject, so the SAN must be critical (RFC 5280 4.2.1.6), as Istio issues it.
             .add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in san_uris]),
