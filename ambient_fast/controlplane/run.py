@@ -1,7 +1,8 @@
 """`ambient-fast controlplane`: watch the YAML, translate on change, serve delta xDS on 15012.
 
 Each published Mesh is translated and replaces the store's contents, so connected node
-proxies receive only what changed. A broken edit keeps the last good configuration (the
+proxies receive only what changed; the CA on the same port follows the Mesh to know which
+identities run on which node. A broken edit keeps the last good configuration (the
 model's watcher never publishes it).
 """
 
@@ -12,12 +13,15 @@ import asyncio
 import contextlib
 import logging
 import signal
-import ssl
+from pathlib import Path
 
 import uvloop
 
+from ambient_fast.controlplane.ca import Authority, AuthorityError, TokenStoreError
+from ambient_fast.controlplane.ca.tokens import TOKEN_DIRECTORY
 from ambient_fast.controlplane.commands import add_model_arguments, options_of
 from ambient_fast.controlplane.model import LoadReport, Mesh, ModelWatcher, Topology
+from ambient_fast.controlplane.serving import CertificateAuthority, serving_context
 from ambient_fast.controlplane.translate import TranslateOptions, translate
 from ambient_fast.xds.resources import ResourceStore
 from ambient_fast.xds.server import XdsServer
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # istiod's xDS + CA port (reference 02).
 DEFAULT_LISTEN = "0.0.0.0:15012"
+DEFAULT_STATE_DIR = Path(".ambient-fast/controlplane")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,18 +40,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plaintext", action="store_true", help="serve without TLS (debugging only)"
     )
     parser.add_argument("--poll-interval", type=float, default=1.0, metavar="S")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help="mesh root, node tokens, serving certificate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cacerts",
+        type=Path,
+        metavar="DIR",
+        help="plug-in CA: istiod's cacerts files (ca-cert.pem, ca-key.pem, root-cert.pem, ...)",
+    )
 
 
 class ControlPlane:
     """The watcher -> translation -> store pipeline (no sockets: tests drive it directly)."""
 
-    def __init__(self, watcher: ModelWatcher, options: TranslateOptions) -> None:
+    def __init__(
+        self,
+        watcher: ModelWatcher,
+        options: TranslateOptions,
+        ca: CertificateAuthority | None = None,
+    ) -> None:
         self.store = ResourceStore()
         self.options = options
         self.watcher = watcher
+        self.ca = ca
         watcher.subscribe(self.publish)
 
     def publish(self, mesh: Mesh, report: LoadReport) -> None:
+        if self.ca is not None:
+            self.ca.follow(mesh)
         for problem in report.problems:
             log.warning("%s", problem)
         translation = translate(mesh, self.options)
@@ -61,15 +87,27 @@ class ControlPlane:
         )
 
 
-async def serve(args: argparse.Namespace, tls: ssl.SSLContext | None) -> None:
+async def serve(args: argparse.Namespace) -> None:
     topology = Topology.parse(args.node) if args.node else None
     watcher = ModelWatcher(args.files, topology=topology, interval=args.poll_interval)
-    plane = ControlPlane(watcher, options_of(args))
+    if args.cacerts:
+        authority = Authority.plug_in(args.cacerts)
+    else:
+        authority = Authority.self_signed(args.state_dir, args.trust_domain)
+    ca = CertificateAuthority(authority, args.state_dir, args.trust_domain)
+    plane = ControlPlane(watcher, options_of(args), ca)
     watcher.poll()
+    tls = None if args.plaintext else serving_context(authority, args.state_dir, args.trust_domain)
     host, _, port = args.listen.rpartition(":")
-    server = XdsServer(plane.store, ssl=tls)
+    server = XdsServer(plane.store, ssl=tls, services=[ca.service])
     await server.start(host.strip("[]"), int(port))
-    log.info("control plane serving delta xDS on %s:%d", host, server.port)
+    log.info(
+        "control plane on %s:%d: delta xDS and CA (%s); node tokens in %s",
+        host,
+        server.port,
+        authority.source,
+        args.state_dir / TOKEN_DIRECTORY,
+    )
     try:
         await watcher.run()
     finally:
@@ -78,17 +116,18 @@ async def serve(args: argparse.Namespace, tls: ssl.SSLContext | None) -> None:
 
 def run_controlplane(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if not args.plaintext:
-        log.error("TLS serving needs the mesh CA (not wired yet): use --plaintext")
-        return 2
 
     async def main() -> None:
-        task = asyncio.create_task(serve(args, None))
+        task = asyncio.create_task(serve(args))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    except (AuthorityError, TokenStoreError, OSError, ValueError) as e:
+        log.error("controlplane: %s", e)
+        return 1
     return 0

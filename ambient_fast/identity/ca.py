@@ -8,6 +8,7 @@ The CA key is EC (our own roots) or RSA (plug-in CAs, as istiod accepts in its c
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +148,10 @@ class MeshCA:
         public_key: SubjectPublicKey,
         san_uris: list[str],
         ttl: datetime.timedelta = DEFAULT_WORKLOAD_TTL,
+        dns_names: Sequence[str] = (),
     ) -> bytes:
-        """Signs a leaf certificate for `public_key` carrying `san_uris`; returns its PEM."""
+        """Signs a leaf certificate for `public_key` carrying `san_uris` (and `dns_names`, for
+        servers clients reach by name, such as the control plane); returns its PEM."""
         now = datetime.datetime.now(datetime.UTC)
         cert = (
             self._leaf_template.public_key(public_key)
@@ -157,7 +160,10 @@ class MeshCA:
             .not_valid_after(now + ttl)
             # Empty subject, so the SAN must be critical (RFC 5280 4.2.1.6), as Istio issues it.
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in san_uris]),
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(u) for u in san_uris]
+                    + [x509.DNSName(d) for d in dns_names]
+                ),
                 critical=True,
             )
             .sign(self._key, hashes.SHA256())

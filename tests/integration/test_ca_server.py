@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
 from google.protobuf.struct_pb2 import Struct
 from grpclib.client import Channel
@@ -31,6 +29,7 @@ from ambient_fast.controlplane.ca import (
     node_proxy_identity,
 )
 from ambient_fast.identity import Identity
+from ambient_fast.identity.csr import new_csr
 from ambient_fast.xds.proto.citadel_grpc import IstioCertificateServiceStub
 from ambient_fast.xds.proto.citadel_pb2 import IstioCertificateRequest, IstioCertificateResponse
 from ambient_fast.xds.resources import ResourceStore
@@ -43,13 +42,7 @@ HTTPBIN = Identity.of("default", "httpbin")
 
 def csr(identity: Identity) -> str:
     """What ztunnel sends: a P-256 key, empty subject, one critical URI SAN."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    builder = builder.add_extension(
-        x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
-        critical=True,
-    )
-    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    return new_csr(identity).csr_pem
 
 
 def server_tls(authority: Authority, directory: Path) -> ssl.SSLContext:
