@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_arguments(check)
     check.add_argument("--http", nargs=2, metavar=("METHOD", "PATH"), help="an HTTP request")
     check.add_argument("-H", dest="header", action="append", default=[], metavar="NAME:VALUE")
+    check.add_argument("--jwt", metavar="TOKEN", help="a bearer token (validated at the waypoint)")
 
     explain = sub.add_parser("explain", help="the path a connection takes through the mesh")
     add_check_arguments(explain)
@@ -113,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     perf = sub.add_parser("perf", help="benchmarks with ratios to anchors (source checkout)")
     perf.add_argument(
         "suite",
-        choices=["l4", "python-cpu"],
-        help="l4: throughput/latency vs anchors; python-cpu: interpreter share of proxy CPU",
+        choices=["l4", "python-cpu", "controlplane"],
+        help="l4: throughput/latency vs anchors; python-cpu: interpreter share of proxy CPU;"
+        " controlplane: translate, push latency and memory on a 10k-pod mesh",
     )
     perf.add_argument("--duration", type=float, default=5.0, metavar="S")
     perf.add_argument("--json", metavar="FILE")

@@ -5,6 +5,7 @@ computed offline by the same engine ztunnel and the waypoint use.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import sys
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ from ambient_fast.controlplane.paths import (
     waypoint_identity,
 )
 from ambient_fast.controlplane.translate import Translation, translate
+from ambient_fast.controlplane.translate.waypoints import attached
 from ambient_fast.controlplane.translate.workloads import is_captured
 from ambient_fast.policy import Decision, PolicyTable, Request
+from ambient_fast.policy.jwt import Issuer, JwtRejected, parse_jwks, validate
 from ambient_fast.policy.paths import normalize_path
 from ambient_fast.policy.request import HttpAttributes
 
@@ -68,6 +71,34 @@ def _explain_decision(decision: Decision, where: str) -> str:
     )
 
 
+def _authenticate(
+    mesh: Mesh,
+    token: str,
+    http: HttpAttributes,
+    gateway: tuple[str, str],
+    service: tuple[str, str] | None,
+    root: str,
+) -> HttpAttributes:
+    """The request as the waypoint's RequestAuthentications leave it (JwtRejected: 401)."""
+    issuers = []
+    for ra in mesh.request_authentications:
+        targets = [(r.kind, r.name) for r in ra.target_refs if r.namespace in (None, ra.namespace)]
+        if not attached(targets, ra.namespace, gateway, service, root):
+            continue  # selector-based RequestAuthentications never apply at a waypoint
+        for rule in ra.jwt_rules:
+            if rule.jwks is None:
+                raise JwtRejected(f"{ra.key}: jwksUri {rule.jwks_uri!r} is not fetched offline")
+            try:
+                keys = parse_jwks(rule.jwks)
+            except ValueError as e:
+                raise JwtRejected(f"{ra.key}: {e}") from None
+            issuers.append(Issuer(rule.issuer, rule.audiences, keys))
+    if not issuers:
+        return http  # no RequestAuthentication here: the token is not looked at
+    valid = validate(token, issuers)
+    return dataclasses.replace(http, request_principal=valid.principal, claims=valid.claims)
+
+
 def check(
     mesh: Mesh,
     translation: Translation,
@@ -75,6 +106,7 @@ def check(
     target: Target,
     http: HttpAttributes | None,
     trust_domain: str,
+    jwt: str | None = None,
 ) -> tuple[Verdict, Trace]:
     path = trace(mesh, client, target, trust_domain)
     if path.path == PASSTHROUGH:
@@ -86,10 +118,17 @@ def check(
     if path.path == WAYPOINT and path.waypoint is not None:
         gateway = (path.waypoint.namespace, path.waypoint.name)
         service = (target.service.namespace, target.service.name) if target.service else None
-        attached = [
-            w.policy for w in translation.waypoint_policies if w.applies_to(gateway, service)
+        root = translation.options.root_namespace
+        at_waypoint = [
+            w.policy for w in translation.waypoint_policies if w.applies_to(gateway, service, root)
         ]
-        table = PolicyTable(attached)
+        if jwt is not None and http is not None:
+            try:
+                http = _authenticate(mesh, jwt, http, gateway, service, root)
+            except JwtRejected as e:
+                reason = f"waypoint {gateway[0]}/{gateway[1]}: JWT rejected (401): {e}"
+                return Verdict(False, ("waypoint",), None, reason), path
+        table = PolicyTable(at_waypoint)
         request = _request(client.ip, identity, target.ip, target.port, http)
         decision = table.decide(table.applicable(path.waypoint.namespace, ()), request)
         enforced.append("waypoint")
@@ -136,6 +175,9 @@ def _load(args: argparse.Namespace) -> tuple[Mesh, Translation, Client, Target]:
 def run_check(args: argparse.Namespace) -> int:
     """`ambient-fast authz check`; exit 0 for ALLOW, 1 for DENY, 2 for bad input."""
     http = None
+    if args.jwt and not args.http:
+        print("authz check: --jwt needs --http (tokens travel in HTTP requests)", file=sys.stderr)
+        return 2
     if args.http:
         method, path = args.http
         headers = {}
@@ -152,7 +194,7 @@ def run_check(args: argparse.Namespace) -> int:
     except (UnknownEndpoint, ValueError) as e:
         print(f"authz check: {e}", file=sys.stderr)
         return 2
-    verdict, _ = check(mesh, translation, client, target, http, args.trust_domain)
+    verdict, _ = check(mesh, translation, client, target, http, args.trust_domain, args.jwt)
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(verdict.as_json()) + b"\n")
     else:

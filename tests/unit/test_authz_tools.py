@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import shutil
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ambient_fast.cli import main
 
@@ -89,3 +94,76 @@ def test_strict_mtls_denies_an_out_of_mesh_client(capsys: pytest.CaptureFixture[
 def test_an_unknown_pod_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["authz", "check", "-f", BOOKINFO, "--from", "sleep/nope", "--to", "x:1"]) == 2
     assert "'sleep/nope': no such pod" in capsys.readouterr().err
+
+
+def _jwt_mesh(tmp_path: Path) -> tuple[str, str]:
+    """bookinfo plus a RequestAuthentication (inline JWKS) and a policy demanding a token,
+    both on reviews; returns the mesh directory and a valid token."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    numbers = key.public_key().public_numbers()
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    jwks = orjson.dumps(
+        {
+            "keys": [
+                {
+                    "kty": "EC",
+                    "crv": "P-256",
+                    "kid": "k",
+                    "x": b64(numbers.x.to_bytes(32, "big")),
+                    "y": b64(numbers.y.to_bytes(32, "big")),
+                }
+            ]
+        }
+    ).decode()
+    mesh = tmp_path / "mesh"
+    shutil.copytree(BOOKINFO, mesh)
+    (mesh / "jwt.yaml").write_text(
+        f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews-jwt, namespace: bookinfo}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: reviews}}]
+  jwtRules: [{{issuer: "https://idp.example", jwks: '{jwks}'}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reviews-need-token, namespace: bookinfo}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: reviews}}]
+  action: DENY
+  rules: [{{from: [{{source: {{notRequestPrincipals: ["*"]}}}}]}}]
+"""
+    )
+    head = b64(orjson.dumps({"alg": "ES256", "kid": "k"}))
+    body = b64(orjson.dumps({"iss": "https://idp.example", "sub": "alice", "exp": 4102444800}))
+    r, s = decode_dss_signature(key.sign(f"{head}.{body}".encode(), ec.ECDSA(hashes.SHA256())))
+    signature = b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    return str(mesh), f"{head}.{body}.{signature}"
+
+
+def test_jwt_at_the_waypoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mesh, token = _jwt_mesh(tmp_path)
+    base = [
+        "authz",
+        "check",
+        "-f",
+        mesh,
+        "--json",
+        "--from",
+        "sleep/sleep",
+        "--to",
+        "reviews.bookinfo:9080",
+        "--http",
+        "GET",
+        "/reviews/1",
+    ]
+    assert main([*base, "--jwt", token]) == 0
+    assert orjson.loads(capsys.readouterr().out)["decision"] == "ALLOW"
+    assert main(base) == 1  # no token: no request principal, and the DENY demands one
+    assert orjson.loads(capsys.readouterr().out)["policy"] == "bookinfo/reviews-need-token"
+    assert main([*base, "--jwt", token[:-6] + "AAAAAA"]) == 1
+    assert "JWT rejected (401)" in orjson.loads(capsys.readouterr().out)["reason"]

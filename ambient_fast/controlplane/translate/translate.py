@@ -13,6 +13,7 @@ from ambient_fast.controlplane.translate.policies import (
     translate_authorization,
     translate_peer_authentication,
 )
+from ambient_fast.controlplane.translate.waypoints import attached
 from ambient_fast.controlplane.translate.workloads import (
     Naming,
     build_service,
@@ -47,21 +48,11 @@ class WaypointPolicy:
     policy: Policy
     targets: tuple[tuple[str, str], ...]
 
-    def applies_to(self, gateway: tuple[str, str], service: tuple[str, str] | None) -> bool:
+    def applies_to(
+        self, gateway: tuple[str, str], service: tuple[str, str] | None, root_namespace: str
+    ) -> bool:
         """Whether it applies at waypoint `gateway` for traffic to `service` (ns, name)."""
-        ns = self.policy.namespace
-        for kind, name in self.targets:
-            if kind == "Gateway" and (ns, name) == gateway:
-                return True
-            if kind == "Service" and service is not None and (ns, name) == service:
-                return True
-            if (
-                kind == "GatewayClass"
-                and name == "istio-waypoint"
-                and self.policy.scope is Scope.GLOBAL
-            ):
-                return True
-        return False
+        return attached(self.targets, self.policy.namespace, gateway, service, root_namespace)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from ambient_fast.controlplane.model import Gateway, Mesh
 from ambient_fast.xds.proto import workload_pb2 as wl
@@ -74,3 +74,23 @@ def gateway_address(
         hostname=wl.NamespacedHostname(namespace=gateway.namespace, hostname=hostname),
         hbone_mtls_port=HBONE_PORT,
     )
+
+
+def attached(
+    targets: Iterable[tuple[str, str]],
+    namespace: str,
+    gateway: tuple[str, str],
+    service: tuple[str, str] | None,
+    root_namespace: str,
+) -> bool:
+    """Whether targetRefs (kind, name) of an object in `namespace` attach it at waypoint
+    `gateway` for traffic to `service`: the Gateway itself, the Service, or (from the root
+    namespace) the istio-waypoint GatewayClass."""
+    for kind, name in targets:
+        if kind == "Gateway" and (namespace, name) == gateway:
+            return True
+        if kind == "Service" and service is not None and (namespace, name) == service:
+            return True
+        if kind == "GatewayClass" and name == "istio-waypoint" and namespace == root_namespace:
+            return True
+    return False
