@@ -33,6 +33,10 @@ def run_perf(args: argparse.Namespace) -> int:
         from perf import cpu_profile
 
         return cpu_profile.main(["--seconds", str(args.duration)])
+    if args.suite == "controlplane":
+        from perf import controlplane
+
+        return controlplane.run(args.json)
     from perf import l4
 
     return l4.run(args.duration, args.json)
