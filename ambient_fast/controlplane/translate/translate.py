@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ambient_fast.controlplane.model import Mesh, Pod
-from ambient_fast.controlplane.model.meta import selector_matches
+from ambient_fast.controlplane.model import Mesh
 from ambient_fast.controlplane.translate.policies import (
     DEFAULT_ROOT_NAMESPACE,
     PolicyNotes,
@@ -74,9 +74,15 @@ class Translation:
 
 def _selector_policies(
     mesh: Mesh, options: TranslateOptions, out: Translation
-) -> dict[str, list[tuple[dict[str, str], str]]]:
-    """Translates every policy; returns the selector ones by namespace for workload lookup."""
-    by_namespace: dict[str, list[tuple[dict[str, str], str]]] = defaultdict(list)
+) -> dict[tuple[str, str], list[str]]:
+    """Translates every policy; returns the selector ones by the (namespace, pod) they select
+    (through the model's label index, not by testing every policy against every pod)."""
+    by_pod: dict[tuple[str, str], list[str]] = defaultdict(list)
+
+    def select(namespace: str, selector: Mapping[str, str], key: str) -> None:
+        for pod in mesh.pods_selected_by(namespace, selector):
+            by_pod[(pod.namespace, pod.name)].append(key)
+
     for ap in mesh.authorization_policies:
         policy = translate_authorization(ap, out.notes, options.root_namespace)
         if ap.target_refs:
@@ -93,7 +99,7 @@ def _selector_policies(
             continue
         out.authorizations[policy.key] = to_authorization(node_form)
         if policy.scope is Scope.WORKLOAD_SELECTOR and ap.selector:
-            by_namespace[ap.namespace].append((dict(ap.selector), policy.key))
+            select(ap.namespace, ap.selector, policy.key)
     for pa in mesh.peer_authentications:
         strict = translate_peer_authentication(pa, options.root_namespace)
         if strict is None:
@@ -101,12 +107,8 @@ def _selector_policies(
         out.policies.append(strict)
         out.authorizations[strict.key] = to_authorization(strict)
         if strict.scope is Scope.WORKLOAD_SELECTOR and pa.selector:
-            by_namespace[pa.namespace].append((dict(pa.selector), strict.key))
-    return by_namespace
-
-
-def _policies_of(pod: Pod, selectors: list[tuple[dict[str, str], str]]) -> tuple[str, ...]:
-    return tuple(sorted(key for sel, key in selectors if selector_matches(sel, pod.labels)))
+            select(pa.namespace, pa.selector, strict.key)
+    return by_pod
 
 
 def translate(mesh: Mesh, options: TranslateOptions | None = None) -> Translation:
@@ -117,7 +119,7 @@ def translate(mesh: Mesh, options: TranslateOptions | None = None) -> Translatio
     for pod in mesh.pods:
         if not pod.ip:
             continue  # not scheduled: no address to route to yet
-        policies = _policies_of(pod, selectors.get(pod.namespace, []))
+        policies = tuple(sorted(selectors.get((pod.namespace, pod.name), ())))
         out.addresses[workload_uid(pod, naming)] = wl.Address(
             workload=build_workload(mesh, pod, naming, policies)
         )
