@@ -23,6 +23,8 @@ TYPE_PREFIX = "type.googleapis.com/"
 ADDRESS_TYPE_URL = TYPE_PREFIX + "istio.workload.Address"
 AUTHORIZATION_TYPE_URL = TYPE_PREFIX + "istio.security.Authorization"
 ISTIO_TYPE_URLS = (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL)
+# Our own type: a waypoint's L7 configuration (waypoint.proto), resource name "<ns>/<gateway>".
+WAYPOINT_CONFIG_TYPE_URL = TYPE_PREFIX + "ambient.waypoint.v1.WaypointConfig"
 
 
 def type_url_of(message: Message) -> str:
@@ -35,15 +37,15 @@ def resource_version(serialized: bytes) -> str:
     return hashlib.blake2b(serialized, digest_size=8).hexdigest()
 
 
+def _envelope(name: str, version: str, type_url: str, serialized: bytes) -> Resource:
+    return Resource(name=name, version=version, resource=Any(type_url=type_url, value=serialized))
+
+
 def make_resource(name: str, message: Message) -> Resource:
     """The delta-xDS envelope of one resource: name, content version and the packed message."""
     # Deterministic: map fields (e.g. Workload.services) must not reorder the hash input.
     serialized = message.SerializeToString(deterministic=True)
-    return Resource(
-        name=name,
-        version=resource_version(serialized),
-        resource=Any(type_url=type_url_of(message), value=serialized),
-    )
+    return _envelope(name, resource_version(serialized), type_url_of(message), serialized)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +138,12 @@ class ResourceStore:
                 raise TypeError(f"{type_url}: resource {name!r} is a {type_url_of(message)}")
         changed: set[str] = set()
         for name, message in upserts.items():
-            resource = make_resource(name, message)
+            # Envelopes only for what changed: a full recomputation is mostly unchanged.
+            serialized = message.SerializeToString(deterministic=True)
+            version = resource_version(serialized)
             previous = current.get(name)
-            if previous is None or previous.version != resource.version:
-                current[name] = resource
+            if previous is None or previous.version != version:
+                current[name] = _envelope(name, version, type_url, serialized)
                 changed.add(name)
         for name in removals:
             if current.pop(name, None) is not None:
