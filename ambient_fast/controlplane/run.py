@@ -23,7 +23,7 @@ from ambient_fast.controlplane.commands import add_model_arguments, options_of
 from ambient_fast.controlplane.model import LoadReport, Mesh, ModelWatcher, Topology
 from ambient_fast.controlplane.serving import CertificateAuthority, serving_context
 from ambient_fast.controlplane.translate import TranslateOptions, translate
-from ambient_fast.xds.resources import ResourceStore
+from ambient_fast.xds.resources import ISTIO_TYPE_URLS, WAYPOINT_CONFIG_TYPE_URL, ResourceStore
 from ambient_fast.xds.server import XdsServer
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class ControlPlane:
         options: TranslateOptions,
         ca: CertificateAuthority | None = None,
     ) -> None:
-        self.store = ResourceStore()
+        # Istio's workload API for node proxies and our waypoint L7 configuration.
+        self.store = ResourceStore((*ISTIO_TYPE_URLS, WAYPOINT_CONFIG_TYPE_URL))
         self.options = options
         self.watcher = watcher
         self.ca = ca
@@ -80,9 +81,10 @@ class ControlPlane:
             log.warning("%s", note)
         translation.publish(self.store)
         log.info(
-            "published %d addresses, %d authorizations (store version %d)",
+            "published %d addresses, %d authorizations, %d waypoint configs (store version %d)",
             len(translation.addresses),
             len(translation.authorizations),
+            len(translation.waypoints),
             self.store.system_version,
         )
 

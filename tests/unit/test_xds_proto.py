@@ -13,13 +13,22 @@ from ambient_fast.xds.proto import (
     core_pb2,
     discovery_grpc,
     discovery_pb2,
+    waypoint_pb2,
     workload_pb2,
     zds_pb2,
 )
 
 FILES: list[FileDescriptor] = [
     module.DESCRIPTOR
-    for module in (authorization_pb2, citadel_pb2, core_pb2, discovery_pb2, workload_pb2, zds_pb2)
+    for module in (
+        authorization_pb2,
+        citadel_pb2,
+        core_pb2,
+        discovery_pb2,
+        waypoint_pb2,
+        workload_pb2,
+        zds_pb2,
+    )
 ]
 
 # (message full name, field, number): from istio/ztunnel proto/ and envoyproxy/data-plane-api.
@@ -57,6 +66,13 @@ CONTRACT = [
     ("envoy.service.discovery.v3.DeltaDiscoveryResponse", "nonce", 5),
     ("envoy.service.discovery.v3.Resource", "name", 3),
     ("envoy.service.discovery.v3.Resource", "version", 1),
+    # Our own type (waypoint.proto): the contract between our control plane and waypoints.
+    ("ambient.waypoint.v1.WaypointConfig", "bound_services", 3),
+    ("ambient.waypoint.v1.WaypointConfig", "bound_workloads", 4),
+    ("ambient.waypoint.v1.WaypointConfig", "documents", 5),
+    ("ambient.waypoint.v1.WaypointConfig", "root_namespace", 6),
+    ("ambient.waypoint.v1.ConfigDocument", "kind", 1),
+    ("ambient.waypoint.v1.ConfigDocument", "json", 4),
 ]
 
 

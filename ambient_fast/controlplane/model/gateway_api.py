@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from ambient_fast.controlplane.model.core import _Named
 from ambient_fast.controlplane.model.fields import (
@@ -230,6 +230,8 @@ class HTTPRoute(_Named):
     parent_refs: tuple[ParentRef, ...] = ()
     hostnames: tuple[str, ...] = ()
     rules: tuple[HTTPRouteRule, ...] = ()
+    # The document as written, carried to waypoints (see kinds.KindSpec.keep_source).
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,8 @@ class GRPCRoute(_Named):
     parent_refs: tuple[ParentRef, ...] = ()
     hostnames: tuple[str, ...] = ()
     rules: tuple[GRPCRouteRule, ...] = ()
+    # The document as written, carried to waypoints (see kinds.KindSpec.keep_source).
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 Route = HTTPRoute | GRPCRoute

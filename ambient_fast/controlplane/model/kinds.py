@@ -64,6 +64,9 @@ MeshObject = (
     | WorkloadEntry
 )
 
+# The kinds with a `source` (the document as written), kept where KindSpec.keep_source.
+SourceKeeping = AuthorizationPolicy | RequestAuthentication | HTTPRoute | GRPCRoute
+
 CORE = ("v1",)
 APPS = ("apps/v1",)
 ISTIO_NETWORKING = tuple(f"networking.istio.io/{v}" for v in ("v1", "v1beta1", "v1alpha3"))
@@ -77,6 +80,9 @@ class KindSpec:
     api_versions: tuple[str, ...]
     namespaced: bool
     parse: Callable[[Mapping[str, Any], ObjectMeta], MeshObject]
+    # The loader keeps the document as written on the object (`source`): the kinds a
+    # waypoint receives as documents and parses itself. Off for the rest (memory).
+    keep_source: bool = False
 
 
 KINDS: Mapping[str, KindSpec] = {
@@ -89,11 +95,23 @@ KINDS: Mapping[str, KindSpec] = {
         KindSpec("Deployment", APPS, True, parse_deployment),
         KindSpec("Gateway", GATEWAY_API, True, parse_gateway),
         KindSpec("GatewayClass", GATEWAY_API, False, parse_gateway_class),
-        KindSpec("HTTPRoute", GATEWAY_API, True, parse_http_route),
-        KindSpec("GRPCRoute", GATEWAY_API, True, parse_grpc_route),
-        KindSpec("AuthorizationPolicy", ISTIO_SECURITY, True, parse_authorization_policy),
+        KindSpec("HTTPRoute", GATEWAY_API, True, parse_http_route, keep_source=True),
+        KindSpec("GRPCRoute", GATEWAY_API, True, parse_grpc_route, keep_source=True),
+        KindSpec(
+            "AuthorizationPolicy",
+            ISTIO_SECURITY,
+            True,
+            parse_authorization_policy,
+            keep_source=True,
+        ),
         KindSpec("PeerAuthentication", ISTIO_SECURITY, True, parse_peer_authentication),
-        KindSpec("RequestAuthentication", ISTIO_SECURITY, True, parse_request_authentication),
+        KindSpec(
+            "RequestAuthentication",
+            ISTIO_SECURITY,
+            True,
+            parse_request_authentication,
+            keep_source=True,
+        ),
         KindSpec("DestinationRule", ISTIO_NETWORKING, True, parse_destination_rule),
         KindSpec("ServiceEntry", ISTIO_NETWORKING, True, parse_service_entry),
         KindSpec("WorkloadEntry", ISTIO_NETWORKING, True, parse_workload_entry),

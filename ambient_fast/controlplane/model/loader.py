@@ -8,6 +8,7 @@ the files: duplicates, Deployment expansion, placement and IP allocation, indexe
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from ambient_fast.controlplane.model.core import Deployment, Pod, Service
 from ambient_fast.controlplane.model.deployments import expand
 from ambient_fast.controlplane.model.fields import FieldError, describe
-from ambient_fast.controlplane.model.kinds import KINDS, KindSpec, MeshObject
+from ambient_fast.controlplane.model.kinds import KINDS, KindSpec, MeshObject, SourceKeeping
 from ambient_fast.controlplane.model.mesh import Mesh
 from ambient_fast.controlplane.model.meta import (
     DEFAULT_NAMESPACE,
@@ -151,9 +152,13 @@ def parse_document(
         )
     try:
         meta = parse_meta(body, origin, namespaced=spec.namespaced)
-        return spec.parse(body, meta)
+        obj = spec.parse(body, meta)
     except FieldError as exc:
         return _error(origin, kind, namespace, name, field_prefix + exc.field, exc.message)
+    if spec.keep_source and isinstance(obj, SourceKeeping):
+        # Kept as is (not copied): documents are never modified after parsing.
+        return dataclasses.replace(obj, source=body)
+    return obj
 
 
 def _display_namespace(spec: KindSpec | None, namespace: str, name: str) -> str:

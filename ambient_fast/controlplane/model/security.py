@@ -8,8 +8,8 @@ decided here is the shape: `rules == ()` (no rules: never matches) is distinct f
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from ambient_fast.controlplane.model.core import _Named
 from ambient_fast.controlplane.model.fields import (
@@ -102,6 +102,8 @@ class AuthorizationPolicy(_Named):
     target_refs: tuple[PolicyTargetRef, ...] = ()  # targetRef and targetRefs, merged
     provider: str | None = None  # CUSTOM: the extension provider's name
     dry_run: bool = False  # annotation istio.io/dry-run: "true"
+    # The document as written, carried to waypoints (see kinds.KindSpec.keep_source).
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +148,8 @@ class RequestAuthentication(_Named):
     jwt_rules: tuple[JWTRule, ...] = ()
     selector: Mapping[str, str] | None = None
     target_refs: tuple[PolicyTargetRef, ...] = ()
+    # The document as written, carried to waypoints (see kinds.KindSpec.keep_source).
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 def _selector(spec: Obj, key: str = "selector") -> Mapping[str, str] | None:

@@ -13,7 +13,8 @@ from ambient_fast.controlplane.translate.policies import (
     translate_authorization,
     translate_peer_authentication,
 )
-from ambient_fast.controlplane.translate.waypoints import attached
+from ambient_fast.controlplane.translate.waypoint_config import build_waypoint_configs
+from ambient_fast.controlplane.translate.waypoints import attached, waypoint_targets
 from ambient_fast.controlplane.translate.workloads import (
     Naming,
     build_service,
@@ -24,8 +25,14 @@ from ambient_fast.controlplane.translate.workloads import (
 from ambient_fast.policy import Policy, Scope
 from ambient_fast.policy.proto import to_authorization
 from ambient_fast.xds.proto import authorization_pb2 as authz
+from ambient_fast.xds.proto import waypoint_pb2 as wp
 from ambient_fast.xds.proto import workload_pb2 as wl
-from ambient_fast.xds.resources import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ResourceStore
+from ambient_fast.xds.resources import (
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    WAYPOINT_CONFIG_TYPE_URL,
+    ResourceStore,
+)
 
 # istiod defaults: CLUSTER_ID "Kubernetes", trust domain and DNS domain cluster.local.
 DEFAULT_CLUSTER_ID = "Kubernetes"
@@ -63,6 +70,8 @@ class Translation:
     policies: list[Policy] = field(default_factory=list)
     # targetRef policies, for the waypoint configuration.
     waypoint_policies: list[WaypointPolicy] = field(default_factory=list)
+    # Each istio-waypoint Gateway's L7 configuration, by "<namespace>/<name>".
+    waypoints: dict[str, wp.WaypointConfig] = field(default_factory=dict)
     notes: PolicyNotes = field(default_factory=PolicyNotes)
     options: TranslateOptions = field(default_factory=lambda: TranslateOptions())
 
@@ -70,6 +79,8 @@ class Translation:
         """Replaces the store's contents; only what changed reaches connected proxies."""
         store.replace(ADDRESS_TYPE_URL, self.addresses)
         store.replace(AUTHORIZATION_TYPE_URL, self.authorizations)
+        store.register_type(WAYPOINT_CONFIG_TYPE_URL)  # our own type; a no-op when served
+        store.replace(WAYPOINT_CONFIG_TYPE_URL, self.waypoints)
 
 
 def _selector_policies(
@@ -86,11 +97,7 @@ def _selector_policies(
     for ap in mesh.authorization_policies:
         policy = translate_authorization(ap, out.notes, options.root_namespace)
         if ap.target_refs:
-            targets = tuple(
-                (ref.kind, ref.name)
-                for ref in ap.target_refs
-                if ref.namespace in (None, ap.namespace)  # another namespace never matches
-            )
+            targets = waypoint_targets(ap.target_refs, ap.namespace)
             out.waypoint_policies.append(WaypointPolicy(policy, targets))
             continue
         out.policies.append(policy)
@@ -129,4 +136,5 @@ def translate(mesh: Mesh, options: TranslateOptions | None = None) -> Translatio
         out.addresses[service_resource_name(service, naming)] = wl.Address(
             service=build_service(mesh, service, naming)
         )
+    out.waypoints = build_waypoint_configs(mesh, naming, options.root_namespace, out.notes)
     return out

@@ -12,6 +12,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 
 from ambient_fast.controlplane.model import Gateway, Mesh
+from ambient_fast.controlplane.model.gateway_api import GATEWAY_GROUP
+from ambient_fast.controlplane.model.security import PolicyTargetRef
 from ambient_fast.xds.proto import workload_pb2 as wl
 
 USE_WAYPOINT = "istio.io/use-waypoint"
@@ -20,6 +22,12 @@ WAYPOINT_FOR = "istio.io/waypoint-for"
 # Set by istiod on a waypoint's own Deployment/Service/pods; those never get a waypoint.
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 OPT_OUT = ("none", "#none")
+# The group Istio's matchesGroupKind expects per targetRef kind (core group: "" or "core").
+TARGET_GROUPS = {
+    "Gateway": (GATEWAY_GROUP,),
+    "GatewayClass": (GATEWAY_GROUP,),
+    "Service": ("", "core"),
+}
 HBONE_PORT = 15008
 DEFAULT_DOMAIN = "cluster.local"
 
@@ -94,3 +102,15 @@ def attached(
         if kind == "GatewayClass" and name == "istio-waypoint" and namespace == root_namespace:
             return True
     return False
+
+
+def waypoint_targets(
+    refs: Iterable[PolicyTargetRef], namespace: str
+) -> tuple[tuple[str, str], ...]:
+    """(kind, name) of the targetRefs of an object in `namespace` that can attach it at a
+    waypoint (for `attached`): same namespace, and the group Istio expects for the kind."""
+    return tuple(
+        (ref.kind, ref.name)
+        for ref in refs
+        if ref.namespace in (None, namespace) and ref.group in TARGET_GROUPS.get(ref.kind, ())
+    )
