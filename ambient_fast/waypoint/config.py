@@ -57,8 +57,9 @@ class WaypointView:
     # Every AuthorizationPolicy in engine form with the targets that attach it.
     policies: tuple[WaypointPolicy, ...]
     problems: tuple[str, ...] = ()
+    # Per-service compiled tables, filled on first use (not part of the view's value).
     _compiled: dict[_Service | None, tuple[CompiledPolicy, ...]] = field(
-        default_factory=dict, compare=False, repr=False
+        default_factory=dict, init=False, compare=False, repr=False
     )
 
     @property
