@@ -8,13 +8,14 @@ import argparse
 import dataclasses
 import ipaddress
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from ambient_fast.controlplane.commands import add_model_arguments, load_model, options_of
-from ambient_fast.controlplane.model import Mesh
+from ambient_fast.controlplane.model import Mesh, RequestAuthentication
 from ambient_fast.controlplane.paths import (
     PASSTHROUGH,
     WAYPOINT,
@@ -28,12 +29,12 @@ from ambient_fast.controlplane.paths import (
     waypoint_identity,
 )
 from ambient_fast.controlplane.translate import Translation, translate
-from ambient_fast.controlplane.translate.waypoints import attached
 from ambient_fast.controlplane.translate.workloads import is_captured
 from ambient_fast.policy import Decision, PolicyTable, Request
 from ambient_fast.policy.jwt import Issuer, JwtRejected, parse_jwks, validate
 from ambient_fast.policy.paths import normalize_path
 from ambient_fast.policy.request import HttpAttributes
+from ambient_fast.waypoint.config import load_waypoint_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,19 +73,11 @@ def _explain_decision(decision: Decision, where: str) -> str:
 
 
 def _authenticate(
-    mesh: Mesh,
-    token: str,
-    http: HttpAttributes,
-    gateway: tuple[str, str],
-    service: tuple[str, str] | None,
-    root: str,
+    token: str, http: HttpAttributes, authentications: Iterable[RequestAuthentication]
 ) -> HttpAttributes:
     """The request as the waypoint's RequestAuthentications leave it (JwtRejected: 401)."""
     issuers = []
-    for ra in mesh.request_authentications:
-        targets = [(r.kind, r.name) for r in ra.target_refs if r.namespace in (None, ra.namespace)]
-        if not attached(targets, ra.namespace, gateway, service, root):
-            continue  # selector-based RequestAuthentications never apply at a waypoint
+    for ra in authentications:
         for rule in ra.jwt_rules:
             if rule.jwks is None:
                 raise JwtRejected(f"{ra.key}: jwksUri {rule.jwks_uri!r} is not fetched offline")
@@ -118,19 +111,16 @@ def check(
     if path.path == WAYPOINT and path.waypoint is not None:
         gateway = (path.waypoint.namespace, path.waypoint.name)
         service = (target.service.namespace, target.service.name) if target.service else None
-        root = translation.options.root_namespace
-        at_waypoint = [
-            w.policy for w in translation.waypoint_policies if w.applies_to(gateway, service, root)
-        ]
+        # Decided by the waypoint's own view of its configuration: the tool cannot disagree.
+        view = load_waypoint_config(translation.waypoints[f"{gateway[0]}/{gateway[1]}"])
         if jwt is not None and http is not None:
             try:
-                http = _authenticate(mesh, jwt, http, gateway, service, root)
+                http = _authenticate(jwt, http, view.request_authentications_for(service))
             except JwtRejected as e:
                 reason = f"waypoint {gateway[0]}/{gateway[1]}: JWT rejected (401): {e}"
                 return Verdict(False, ("waypoint",), None, reason), path
-        table = PolicyTable(at_waypoint)
         request = _request(client.ip, identity, target.ip, target.port, http)
-        decision = table.decide(table.applicable(path.waypoint.namespace, ()), request)
+        decision = view.authorize(service, request)
         enforced.append("waypoint")
         if not decision.allowed:
             reason = _explain_decision(decision, f"waypoint {gateway[0]}/{gateway[1]}")
