@@ -1,6 +1,8 @@
 """Workload identities: SPIFFE ids (`Identity`) and certificates (`WorkloadCertificate`, `MeshCA`).
 
-The node-side certificate manager and CA client will live here too.
+Node side: `manager.CertificateManager` keeps one checked certificate per local identity
+(`schedule.CertificateSchedule` decides when to fetch), from `ca_client.CaClient` (istiod's CA)
+or `ca_client.SelfSignedCa` (standalone).
 """
 
 from ambient_fast.identity.ca import MeshCA, WorkloadCertificate
