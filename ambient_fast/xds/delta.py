@@ -100,6 +100,9 @@ class DeltaStream:
         self._nonces = count(1)
         # The first node the client identified itself with (Envoy sends it once).
         self.node: Node | None = None
+        # Per type: how many resources the client said it held when it subscribed (its
+        # initial_resource_versions; non-zero after a reconnect).
+        self.resumed: dict[str, int] = {}
 
     @property
     def node_id(self) -> str:
@@ -147,6 +150,7 @@ class DeltaStream:
         # Envoy's legacy rule: an empty first subscription is a wildcard one.
         wildcard = not requested or WILDCARD in requested
         known = dict(request.initial_resource_versions)
+        self.resumed[type_url] = len(known)
         sub = _Subscription(wildcard=wildcard, names=names, known=known)
         sub.dirty.update(known)
         sub.dirty.update(names)

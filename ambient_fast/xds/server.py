@@ -8,11 +8,12 @@ its own stream, with INVALID_ARGUMENT and a log line naming the peer and node id
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from ssl import SSLContext
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -48,6 +49,8 @@ class ClientView:
     in_flight: int
     pending: int
     queued: int
+    # Per type URL: resources the client claimed to hold when it subscribed (a reconnect).
+    resumed: Mapping[str, int] = field(default_factory=dict)
 
 
 def _describe_peer(stream: AdsStream) -> str:
@@ -73,6 +76,7 @@ class _ClientStream:
             self.delta.in_flight(),
             self.delta.pending(),
             len(self.outbox),
+            dict(self.delta.resumed),
         )
 
     def on_change(self, change: Change) -> None:
@@ -196,6 +200,14 @@ class XdsServer:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
+        except asyncio.CancelledError:
+            # The server is closing (grpclib cancels every handler): end the stream with
+            # UNAVAILABLE, or the client would wait on it until the process exits.
+            with contextlib.suppress(Exception):
+                await stream.send_trailing_metadata(
+                    status=Status.UNAVAILABLE, status_message="control plane shutting down"
+                )
+            raise
         finally:
             unsubscribe()
             self._clients.discard(client)
