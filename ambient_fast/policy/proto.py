@@ -142,13 +142,17 @@ def to_authorization(policy: Policy) -> pb.Authorization:
 def from_authorization(message: pb.Authorization) -> Policy:
     """A policy from xDS; raises ValueError naming the policy when a field is malformed."""
     key = f"{message.namespace}/{message.name}"
+    scope = next((s for s, v in _SCOPES.items() if v == message.scope), None)
+    action = next((a for a, v in _ACTIONS.items() if v == message.action), None)
+    if scope is None or action is None:
+        raise ValueError(
+            f"authorization {key}: unknown scope {message.scope} or action {message.action}"
+        )
     try:
-        scope = next(s for s, v in _SCOPES.items() if v == message.scope)
-        action = next(a for a, v in _ACTIONS.items() if v == message.action)
         rules = tuple(
             Rule(tuple(Clause(tuple(_match_from_pb(m) for m in c.matches)) for c in r.clauses))
             for r in message.rules
         )
-    except (StopIteration, ValueError) as e:
-        raise ValueError(f"authorization {key}: {e or 'unknown scope or action'}") from None
+    except ValueError as e:
+        raise ValueError(f"authorization {key}: {e}") from None
     return Policy(message.name, message.namespace, scope, action, rules, message.dry_run)

@@ -68,3 +68,8 @@ def test_a_malformed_address_names_the_policy() -> None:
     )
     with pytest.raises(ValueError, match="authorization ns/p: address of 2 bytes"):
         from_authorization(bad)
+
+
+def test_an_unknown_action_names_the_policy_and_the_value() -> None:
+    with pytest.raises(ValueError, match="authorization ns/p: unknown scope 0 or action 7"):
+        from_authorization(pb.Authorization(name="p", namespace="ns", action=7))  # type: ignore[arg-type]
