@@ -29,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +43,12 @@ from google.protobuf.message import Message
 import ambient_fast
 from ambient_fast.controlplane.model import LiveModel, ModelWatcher, load_sources
 from ambient_fast.controlplane.run import ControlPlane
-from ambient_fast.controlplane.translate import TranslateOptions, Translation, translate
+from ambient_fast.controlplane.translate import (
+    LiveTranslation,
+    TranslateOptions,
+    Translation,
+    translate,
+)
 from ambient_fast.xds.resources import ADDRESS_TYPE_URL, Change, ResourceStore
 from ambient_fast.xds.server import XdsServer
 from perf.ads_client import ads_client
@@ -158,23 +163,29 @@ def measure_translate(mesh: SyntheticMesh, report: Report) -> Translation:
 
 
 class _TimedStore(ResourceStore):
-    """The control plane's store, noting when a publish starts (its first `replace`)."""
+    """The control plane's store, noting when a publish starts (its first `update`, which
+    `replace` calls too)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.publish_started: float | None = None
 
-    def replace(self, type_url: str, resources: Mapping[str, Message]) -> Change | None:
+    def update(
+        self,
+        type_url: str,
+        upserts: Mapping[str, Message] | None = None,
+        removals: Iterable[str] = (),
+    ) -> Change | None:
         if self.publish_started is None:
             self.publish_started = time.perf_counter()
-        return super().replace(type_url, resources)
+        return super().update(type_url, upserts, removals)
 
 
 @dataclass
 class EditTimes:
     poll: list[float] = field(default_factory=list)  # stat, read, parse the file, assemble
     translate: list[float] = field(default_factory=list)
-    publish: list[float] = field(default_factory=list)  # store.replace: serialize, hash, diff
+    publish: list[float] = field(default_factory=list)  # store updates: serialize, hash, diff
     deliver: list[float] = field(default_factory=list)  # publish done -> client has it
 
     def edit_to_client(self) -> list[float]:
@@ -265,7 +276,7 @@ def measure_push(mesh: SyntheticMesh, edits: int, workspace: Path, report: Repor
         "publish -> client": [s * 1000 for s in times.publish_to_client()],
         "stage: watcher poll (read, parse 1 file, assemble)": [s * 1000 for s in times.poll],
         "stage: translate": [s * 1000 for s in times.translate],
-        "stage: publish (store.replace)": [s * 1000 for s in times.publish],
+        "stage: publish (store update)": [s * 1000 for s in times.publish],
         "stage: server -> client": [s * 1000 for s in times.deliver],
     }
     report.samples_ms = ms
@@ -336,14 +347,15 @@ def profiles(mesh: SyntheticMesh) -> str:
     live = LiveModel(mesh.topology)
     update = live.apply({s.path: s for s in mesh.sources()})
     store = ResourceStore()
-    translate(update.mesh).publish(store)
+    translation = LiveTranslation()
+    translation.publish(update.mesh, store)
     text = profile("translate()", lambda: translate(update.mesh))
     source = mesh.edit_probe("profiled")
 
     def edit() -> None:
-        translate(live.apply({source.path: source}).mesh).publish(store)
+        translation.publish(live.apply({source.path: source}).mesh, store)
 
-    return text + profile("one edit: LiveModel.apply + translate + publish", edit)
+    return text + profile("one edit: LiveModel.apply + LiveTranslation.publish", edit)
 
 
 # -- output --------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`ambient-fast controlplane`: watch the YAML, translate on change, serve delta xDS on 15012.
 
-Each published Mesh is translated and replaces the store's contents, so connected node
-proxies receive only what changed; the CA on the same port follows the Mesh to know which
+Each published Mesh is translated into the store (only the resources an edit reaches, when
+the watcher could tell what changed; else everything, diffed), so connected node proxies
+receive only what changed; the CA on the same port follows the Mesh to know which
 identities run on which node. A broken edit keeps the last good configuration (the
 model's watcher never publishes it).
 """
@@ -21,9 +22,16 @@ from ambient_fast.controlplane.ca import Authority, AuthorityError, TokenStoreEr
 from ambient_fast.controlplane.ca.tokens import TOKEN_DIRECTORY
 from ambient_fast.controlplane.commands import add_model_arguments, options_of
 from ambient_fast.controlplane.model import LoadReport, Mesh, ModelWatcher, Topology
+from ambient_fast.controlplane.model.watch import DEFAULT_POLL_INTERVAL
 from ambient_fast.controlplane.serving import CertificateAuthority, serving_context
-from ambient_fast.controlplane.translate import TranslateOptions, translate
-from ambient_fast.xds.resources import ISTIO_TYPE_URLS, WAYPOINT_CONFIG_TYPE_URL, ResourceStore
+from ambient_fast.controlplane.translate import LiveTranslation, TranslateOptions
+from ambient_fast.xds.resources import (
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    ISTIO_TYPE_URLS,
+    WAYPOINT_CONFIG_TYPE_URL,
+    ResourceStore,
+)
 from ambient_fast.xds.server import XdsServer
 
 log = logging.getLogger(__name__)
@@ -39,7 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plaintext", action="store_true", help="serve without TLS (debugging only)"
     )
-    parser.add_argument("--poll-interval", type=float, default=1.0, metavar="S")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=DEFAULT_POLL_INTERVAL,
+        metavar="S",
+        help="seconds between checks of the files (default: %(default)s)",
+    )
     parser.add_argument(
         "--state-dir",
         type=Path,
@@ -67,6 +81,7 @@ class ControlPlane:
         # Istio's workload API for node proxies and our waypoint L7 configuration.
         self.store = ResourceStore((*ISTIO_TYPE_URLS, WAYPOINT_CONFIG_TYPE_URL))
         self.options = options
+        self.translation = LiveTranslation(options)
         self.watcher = watcher
         self.ca = ca
         watcher.subscribe(self.publish)
@@ -76,16 +91,18 @@ class ControlPlane:
             self.ca.follow(mesh)
         for problem in report.problems:
             log.warning("%s", problem)
-        translation = translate(mesh, self.options)
-        for note in translation.notes.problems:
+        self.translation.options = self.options
+        published = self.translation.publish(mesh, self.store)
+        for note in published.notes:
             log.warning("%s", note)
-        translation.publish(self.store)
+        store = self.store
         log.info(
-            "published %d addresses, %d authorizations, %d waypoint configs (store version %d)",
-            len(translation.addresses),
-            len(translation.authorizations),
-            len(translation.waypoints),
-            self.store.system_version,
+            "published %d addresses, %d authorizations, %d waypoint configs (%s, store version %d)",
+            len(store.names(ADDRESS_TYPE_URL)),
+            len(store.names(AUTHORIZATION_TYPE_URL)),
+            len(store.names(WAYPOINT_CONFIG_TYPE_URL)),
+            "changes only" if published.incremental else "full translation",
+            store.system_version,
         )
 
 

@@ -16,6 +16,7 @@ from ambient_fast.controlplane.model import (
     ModelWatcher,
     SourceFile,
 )
+from ambient_fast.controlplane.model.watch import MAX_IDLE_POLL_SHARE
 
 SERVICES = """\
 apiVersion: v1
@@ -262,3 +263,32 @@ async def test_run_polls_on_the_injected_interval(mesh_dir: Path) -> None:
     assert intervals == [0.25, 0.25]
     assert len(seen.meshes) == 2
     assert seen.meshes[-1].services[0].ports[0].port == 81
+
+
+async def test_run_waits_longer_when_an_idle_poll_is_slow(mesh_dir: Path) -> None:
+    """A poll that finds nothing may take at most MAX_IDLE_POLL_SHARE of a core."""
+    intervals: list[float] = []
+    done = asyncio.Event()
+    ticks = iter([0.0, 1.0, 1.01, 2.0, 2.0001])  # the first poll loads; then 10 ms, 0.1 ms
+
+    async def fake_sleep(seconds: float) -> None:
+        intervals.append(seconds)
+        if len(intervals) == 3:
+            done.set()
+            await asyncio.Event().wait()
+
+    watcher = ModelWatcher(
+        [mesh_dir],
+        interval=0.025,
+        sleep=fake_sleep,
+        now_ns=iter(range(10**12, 10**13, 10**10)).__next__,  # no racy re-reads
+        clock=lambda: next(ticks),
+    )
+    os.utime(mesh_dir / "svc.yaml", ns=(1, 1))
+    os.utime(mesh_dir / "pods.yml", ns=(1, 1))
+    task = asyncio.create_task(watcher.run())
+    await asyncio.wait_for(done.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert intervals == [0.025, pytest.approx(0.01 * (1 / MAX_IDLE_POLL_SHARE - 1)), 0.025]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ambient_fast.controlplane.model.core import Deployment, Pod, Service
 from ambient_fast.controlplane.model.deployments import expand
@@ -26,7 +26,14 @@ from ambient_fast.controlplane.model.meta import (
 )
 from ambient_fast.controlplane.model.placement import Allocations, Topology, place
 from ambient_fast.controlplane.model.report import LoadReport, ModelError, Origin, Severity
-from ambient_fast.controlplane.model.sources import SourceFile, read_sources, split_documents
+from ambient_fast.controlplane.model.sources import (
+    RawDocument,
+    SourceFile,
+    TextChunk,
+    read_sources,
+    split_chunks,
+    split_documents,
+)
 
 # Namespaces every cluster has; objects in them need no Namespace document.
 BUILTIN_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
@@ -44,6 +51,20 @@ class UnknownDocument:
 
 
 @dataclass(frozen=True, slots=True)
+class ParsedChunk:
+    """What one chunk of a file (`split_chunks`) gave; the next parse of the file reuses it
+    while the chunk's text, first line and document index stay the same."""
+
+    digest: bytes
+    line: int
+    document: int  # the 1-based index its document has in the file
+    documents: int  # how many documents it holds: 1, or 0 for a first chunk of comments
+    objects: tuple[MeshObject, ...]
+    problems: tuple[ModelError, ...]
+    unknown: tuple[UnknownDocument, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedFile:
     """What one file contributes: its objects in document order and its problems."""
 
@@ -51,6 +72,8 @@ class ParsedFile:
     objects: tuple[MeshObject, ...] = ()
     problems: tuple[ModelError, ...] = ()
     unknown: tuple[UnknownDocument, ...] = ()
+    # Per chunk, for reparsing only what an edit changed; empty when the file cannot be cut.
+    chunks: tuple[ParsedChunk, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def failure(self) -> ModelError | None:
@@ -64,33 +87,123 @@ class LoadResult:
     report: LoadReport
 
 
-def parse_file(source: SourceFile) -> ParsedFile:
+_Parsed = tuple[list[MeshObject], list[ModelError], list[UnknownDocument]]
+# An edit that changes more chunks than this share of a file is parsed as a whole (cheaper).
+_REPARSE_SHARE = 0.25
+
+
+def parse_file(source: SourceFile, previous: ParsedFile | None = None) -> ParsedFile:
+    """One file's objects and problems. With `previous` (the last parse of this file), the
+    documents an edit left alone (same text, line and index) are not parsed again: their
+    objects are reused as they are, so unchanged objects stay the same Python objects."""
+    chunks = split_chunks(source.text)
+    if chunks is not None and previous is not None and previous.chunks:
+        reparsed = _reparse(source.path, chunks, previous.chunks)
+        if reparsed is not None:
+            return reparsed
     documents, failure = split_documents(source)
     if failure is not None:
         return ParsedFile(source.path, problems=(failure,))
+    results = [_parse_raw(source.path, document) for document in documents]
+    records = _chunk_records(chunks, documents, results) if chunks is not None else ()
+    return ParsedFile(
+        source.path,
+        tuple(o for objects, _, _ in results for o in objects),
+        tuple(p for _, problems, _ in results for p in problems),
+        tuple(u for _, _, unknown in results for u in unknown),
+        records,
+    )
+
+
+def _parse_raw(path: str, document: RawDocument) -> _Parsed:
+    """One document's objects (several for a List), problems and unknown kinds."""
     objects: list[MeshObject] = []
     problems: list[ModelError] = []
     unknown: list[UnknownDocument] = []
-    for document in documents:
-        if document.body is None:  # an empty document, e.g. after a trailing "---"
-            continue
-        origin = Origin(source.path, document.index, document.line)
-        items: list[tuple[str, object]] = [("", document.body)]
-        if isinstance(document.body, Mapping) and _is_list(document.body):
-            raw_items = document.body.get("items") or []
-            if not isinstance(raw_items, list):
-                problems.append(_error(origin, "List", "", "", "items", "expected a list"))
-                continue
-            items = [(f"items[{i}].", item) for i, item in enumerate(raw_items)]
-        for prefix, body in items:
-            result = parse_document(body, origin, prefix)
-            if isinstance(result, ModelError):
-                problems.append(result)
-            elif isinstance(result, UnknownDocument):
-                unknown.append(result)
-            else:
-                objects.append(result)
-    return ParsedFile(source.path, tuple(objects), tuple(problems), tuple(unknown))
+    if document.body is None:  # an empty document, e.g. after a trailing "---"
+        return objects, problems, unknown
+    origin = Origin(path, document.index, document.line)
+    items: list[tuple[str, object]] = [("", document.body)]
+    if isinstance(document.body, Mapping) and _is_list(document.body):
+        raw_items = document.body.get("items") or []
+        if not isinstance(raw_items, list):
+            problems.append(_error(origin, "List", "", "", "items", "expected a list"))
+            return objects, problems, unknown
+        items = [(f"items[{i}].", item) for i, item in enumerate(raw_items)]
+    for prefix, body in items:
+        result = parse_document(body, origin, prefix)
+        if isinstance(result, ModelError):
+            problems.append(result)
+        elif isinstance(result, UnknownDocument):
+            unknown.append(result)
+        else:
+            objects.append(result)
+    return objects, problems, unknown
+
+
+def _record(
+    digest: bytes, chunk: TextChunk, document: int, results: Sequence[_Parsed]
+) -> ParsedChunk:
+    return ParsedChunk(
+        digest,
+        chunk.line,
+        document,
+        len(results),
+        tuple(o for objects, _, _ in results for o in objects),
+        tuple(p for _, problems, _ in results for p in problems),
+        tuple(u for _, _, unknown in results for u in unknown),
+    )
+
+
+def _chunk_records(
+    chunks: Sequence[TextChunk], documents: Sequence[RawDocument], results: Sequence[_Parsed]
+) -> tuple[ParsedChunk, ...]:
+    """The whole file's parse, per chunk; () if the documents do not line up with the chunks."""
+    first = len(documents) - len(chunks) + 1  # documents in the first chunk: 0 or 1
+    if first not in (0, 1):
+        return ()
+    records = []
+    for c, chunk in enumerate(chunks):
+        held = range(first) if c == 0 else range(c - 1 + first, c + first)
+        end = chunks[c + 1].line if c + 1 < len(chunks) else None
+        for d in held:
+            line, body = documents[d].line, documents[d].body
+            if body is not None and (line < chunk.line or (end is not None and line >= end)):
+                return ()  # not where the cut says: no reuse for this file
+        records.append(_record(chunk.digest, chunk, held.start + 1, [results[d] for d in held]))
+    return tuple(records)
+
+
+def _reparse(
+    path: str, chunks: Sequence[TextChunk], previous: Sequence[ParsedChunk]
+) -> ParsedFile | None:
+    """The file from the previous parse's chunks and the changed ones parsed alone; None when
+    a changed chunk fails or does not hold one document (the whole file is parsed then)."""
+    known = {(c.digest, c.line, c.document): c for c in previous}
+    budget = int(len(chunks) * _REPARSE_SHARE) + 1
+    records: list[ParsedChunk] = []
+    document = 1
+    for i, chunk in enumerate(chunks):
+        digest = chunk.digest
+        record = known.get((digest, chunk.line, document))
+        if record is None:
+            budget -= 1
+            if budget < 0:
+                return None
+            documents, failure = split_documents(SourceFile(path, chunk.text))
+            if failure is not None or len(documents) > 1 or (i > 0 and not documents):
+                return None
+            placed = (RawDocument(document, chunk.line + d.line - 1, d.body) for d in documents)
+            record = _record(digest, chunk, document, [_parse_raw(path, d) for d in placed])
+        records.append(record)
+        document += record.documents
+    return ParsedFile(
+        path,
+        tuple(o for r in records for o in r.objects),
+        tuple(p for r in records for p in r.problems),
+        tuple(u for r in records for u in r.unknown),
+        tuple(records),
+    )
 
 
 def _is_list(body: Mapping[object, object]) -> bool:
@@ -174,6 +287,16 @@ def _group(api_version: str) -> str:
     return api_version.rpartition("/")[0]
 
 
+@dataclass(frozen=True, slots=True)
+class Assembly:
+    """An `assemble` result, and what decides whether an edit can patch its Mesh instead of
+    assembling again (`controlplane.model.edits`)."""
+
+    result: LoadResult
+    unique: bool  # every key written once (no duplicate, no generated pod named like another)
+    placed_all: bool  # placement refused nothing
+
+
 def assemble(
     files: Sequence[ParsedFile],
     topology: Topology | None = None,
@@ -184,18 +307,29 @@ def assemble(
     `previous` (the last load's `Mesh.allocations`) keeps model-chosen nodes and addresses
     stable across reloads.
     """
+    return assemble_files(files, topology, previous).result
+
+
+def assemble_files(
+    files: Sequence[ParsedFile],
+    topology: Topology | None = None,
+    previous: Allocations | None = None,
+) -> Assembly:
+    """`assemble`, telling whether every key was unique."""
     topology = topology or Topology()
     problems: list[ModelError] = [p for f in files for p in f.problems]
     problems.extend(_unknown_kind_warnings(files))
 
     origins: dict[ObjectKey, tuple[Origin, ObjectKey]] = {}  # -> where written, as which object
     kept: list[MeshObject] = []
+    unique = True
     for file in files:
         for obj in file.objects:
             key, origin = obj.key, obj.meta.origin
             first = origins.get(key)
             if first is not None:
                 problems.append(_at(origin, key, "", f"duplicate of {first[0]}; skipped"))
+                unique = False
                 continue
             origins[key] = (origin, key)
             kept.append(obj)
@@ -217,6 +351,7 @@ def assemble(
                 if first is not None:
                     message = f"pod {pod.name} already exists ({first[0]}); skipped"
                     problems.append(_at(obj.meta.origin, obj.key, "", message))
+                    unique = False
                     continue
                 origins[pod.key] = (obj.meta.origin, obj.key)
                 pods.append(pod)
@@ -233,7 +368,8 @@ def assemble(
             problems.append(_at(origin, reported_as, problem.field, problem.message))
 
     mesh = Mesh([*others, *placement.pods, *placement.services], topology, placement.allocations)
-    return LoadResult(mesh, LoadReport(tuple(problems)))
+    report = LoadReport(tuple(problems))
+    return Assembly(LoadResult(mesh, report), unique, placed_all=not placement.problems)
 
 
 def _at(

@@ -1,13 +1,17 @@
 """`Mesh`: one immutable, indexed snapshot of everything loaded.
 
 Built once per load; the translation reads it through the lookups below (no scans of
-YAML-shaped data on its side). A reload builds a new Mesh; nothing here ever changes.
+YAML-shaped data on its side). A reload builds a new Mesh, or derives one from the last
+(`with_changes`: the indexes an edit does not touch are shared, the others copied and
+patched) and remembers which keys changed; nothing in a Mesh ever changes.
 """
 
 from __future__ import annotations
 
+import weakref
+from bisect import bisect_left, insort
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar, cast
 
 from ambient_fast.controlplane.model.core import Deployment, Namespace, Pod, Service, ServiceAccount
@@ -32,13 +36,18 @@ T = TypeVar("T", bound=MeshObject)
 _NamespacedName = tuple[str, str]
 
 
+def _name_of(obj: MeshObject) -> _NamespacedName:
+    """The order of every index: namespace, then name."""
+    return obj.meta.namespace, obj.meta.name
+
+
 class _Index(Generic[T]):
     """The objects of one kind: by (namespace, name), by namespace, and in name order."""
 
     __slots__ = ("all", "by_key", "by_namespace")
 
     def __init__(self, objects: Iterable[T]) -> None:
-        ordered = sorted(objects, key=lambda o: (o.meta.namespace, o.meta.name))
+        ordered = sorted(objects, key=_name_of)
         self.all: tuple[T, ...] = tuple(ordered)
         self.by_key: dict[_NamespacedName, T] = {
             (o.meta.namespace, o.meta.name): o for o in ordered
@@ -47,6 +56,42 @@ class _Index(Generic[T]):
         for o in ordered:
             grouped[o.meta.namespace].append(o)
         self.by_namespace: dict[str, tuple[T, ...]] = {ns: tuple(v) for ns, v in grouped.items()}
+
+    def changed(self, removals: Iterable[_NamespacedName], upserts: Iterable[T]) -> _Index[T]:
+        """A copy without `removals` and with `upserts` added or replacing their key's object."""
+        by_key = dict(self.by_key)
+        ordered = list(self.all)
+        namespaces: dict[str, list[T]] = {}
+
+        def namespace(name: str) -> list[T]:
+            if name not in namespaces:
+                namespaces[name] = list(self.by_namespace.get(name, ()))
+            return namespaces[name]
+
+        for key in removals:
+            if by_key.pop(key, None) is not None:
+                del ordered[bisect_left(ordered, key, key=_name_of)]
+                members = namespace(key[0])
+                del members[bisect_left(members, key, key=_name_of)]
+        for obj in upserts:
+            key = _name_of(obj)
+            replaced = by_key.get(key) is not None
+            by_key[key] = obj
+            for members in (ordered, namespace(key[0])):
+                at = bisect_left(members, key, key=_name_of)
+                if replaced:
+                    members[at] = obj
+                else:
+                    members.insert(at, obj)
+        index: _Index[T] = _Index(())
+        index.all, index.by_key = tuple(ordered), by_key
+        index.by_namespace = dict(self.by_namespace)
+        for name, members in namespaces.items():
+            if members:
+                index.by_namespace[name] = tuple(members)
+            else:
+                del index.by_namespace[name]
+        return index
 
     def get(self, namespace: str, name: str) -> T | None:
         return self.by_key.get((namespace, name))
@@ -59,13 +104,17 @@ class Mesh:
     """Everything loaded, indexed for the translation. Build with `Mesh.build`."""
 
     __slots__ = (
+        "__weakref__",
         "_authorization_policies",
+        "_base",
+        "_changes",
         "_deployments",
         "_destination_rules",
         "_gateway_classes",
         "_gateways",
         "_grpc_routes",
         "_http_routes",
+        "_multi_address",
         "_namespaces",
         "_peer_authentications",
         "_pod_labels",
@@ -118,9 +167,9 @@ class Mesh:
         self._service_entries = index(ServiceEntry)
         self._workload_entries = index(WorkloadEntry)
 
+        self._pod_labels = _Selectable(self._pods, _labels)
         self._pods_by_ip: dict[str, Pod] = {}
         pods_by_node: dict[str, list[Pod]] = defaultdict(list)
-        self._pod_labels = _Selectable(self._pods, lambda p: p.meta.labels)
         for pod in self._pods.all:
             if not pod.host_network:
                 for ip in pod.ips:
@@ -128,7 +177,8 @@ class Mesh:
             if pod.node_name is not None:
                 pods_by_node[pod.node_name].append(pod)
         self._pods_by_node = {node: tuple(pods) for node, pods in pods_by_node.items()}
-        self._workload_entry_labels = _Selectable(self._workload_entries, lambda w: w.spec_labels)
+        self._multi_address = any(len(pod.ips) > 1 for pod in self._pods.all)
+        self._workload_entry_labels = _Selectable(self._workload_entries, _spec_labels)
 
         self._services_by_vip: dict[str, Service] = {}
         self._service_pods: dict[_NamespacedName, tuple[Pod, ...]] = {}
@@ -142,16 +192,173 @@ class Mesh:
                 for pod in selected:
                     pod_services[pod.namespace, pod.name].append(service)
         self._pod_services = {key: tuple(v) for key, v in pod_services.items()}
+        self._routes_by_parent = _routes_by_parent(self._http_routes.all, self._grpc_routes.all)
+        self._base: weakref.ref[Mesh] | None = None
+        self._changes: frozenset[ObjectKey] = frozenset()
 
-        routes: dict[tuple[str, str, str], list[Route]] = defaultdict(list)
-        all_routes: tuple[Route, ...] = (*self._http_routes.all, *self._grpc_routes.all)
-        for route in all_routes:
-            for ref in route.parent_refs:
-                target = "Service" if ref.is_service else ref.kind
-                entry = routes[target, ref.namespace or route.namespace, ref.name]
-                if not entry or entry[-1] is not route:  # two refs (e.g. ports) to one parent
-                    entry.append(route)
-        self._routes_by_parent = {key: tuple(v) for key, v in routes.items()}
+    # -- deriving -----------------------------------------------------------------------
+
+    def with_changes(
+        self,
+        upserts: Iterable[MeshObject],
+        removals: Iterable[ObjectKey] = (),
+        allocations: Allocations | None = None,
+        moved: Collection[ObjectKey] = (),
+    ) -> Mesh:
+        """This Mesh with `upserts` added or replacing the objects of their keys and `removals`
+        gone: what `Mesh(...)` of the resulting objects would index, but only the indexes the
+        change touches are copied and patched. Objects must be placed, as for `Mesh(...)`.
+        `moved` names upserts equal to the objects they replace but for their origin: not
+        changes for `changes_since`."""
+        mesh = Mesh.__new__(Mesh)
+        for slot in Mesh.__slots__:
+            if slot != "__weakref__":
+                setattr(mesh, slot, getattr(self, slot))
+        if allocations is not None:
+            mesh.allocations = allocations
+        added: dict[str, list[MeshObject]] = defaultdict(list)
+        dropped: dict[str, list[_NamespacedName]] = defaultdict(list)
+        touched: set[ObjectKey] = set()
+        for obj in upserts:
+            added[obj.KIND].append(obj)
+            touched.add(obj.key)
+        for key in removals:
+            dropped[key.kind].append((key.namespace, key.name))
+            touched.add(key)
+        kinds = added.keys() | dropped.keys()
+        for kind in kinds:
+            attribute = _INDEX_OF[kind]
+            index: _Index[MeshObject] = getattr(self, attribute)
+            setattr(mesh, attribute, index.changed(dropped[kind], added[kind]))
+        pods = {(k.namespace, k.name) for k in touched if k.kind == "Pod"}
+        services = {(k.namespace, k.name) for k in touched if k.kind == "Service"}
+        if pods:
+            mesh._pods_changed(self, pods)
+        if services:
+            mesh._services_changed(self, services)
+        if pods or services:
+            mesh._selection_changed(self, pods, services)
+        if kinds & {"HTTPRoute", "GRPCRoute"}:
+            mesh._routes_by_parent = _routes_by_parent(mesh.http_routes, mesh.grpc_routes)
+        if "WorkloadEntry" in kinds:
+            mesh._workload_entry_labels = _Selectable(mesh._workload_entries, _spec_labels)
+        mesh._base = weakref.ref(self)
+        mesh._changes = frozenset(touched.difference(moved))
+        return mesh
+
+    def changes_since(self, other: Mesh) -> frozenset[ObjectKey] | None:
+        """The keys added, changed or removed since `other` when this Mesh was derived from
+        it (`with_changes`); None when that is unknown (built anew, or from another Mesh)."""
+        if other is self:
+            return frozenset()
+        base = self._base() if self._base is not None else None
+        return self._changes if base is other else None
+
+    def _pods_changed(self, before: Mesh, keys: set[_NamespacedName]) -> None:
+        old = [p for k in keys if (p := before._pods.by_key.get(k)) is not None]
+        new = [p for k in keys if (p := self._pods.by_key.get(k)) is not None]
+        self._pod_labels = before._pod_labels.changed(self._pods, old, new)
+        by_ip = dict(before._pods_by_ip)
+        by_node = dict(before._pods_by_node)
+        nodes: dict[str, list[Pod]] = {}
+
+        def node(name: str) -> list[Pod]:
+            if name not in nodes:
+                nodes[name] = list(by_node.get(name, ()))
+            return nodes[name]
+
+        freed: set[str] = set()
+        for pod in old:
+            if not pod.host_network:
+                for ip in pod.ips:
+                    if by_ip.get(ip) is pod:
+                        del by_ip[ip]
+                        freed.add(ip)
+            if pod.node_name is not None:
+                members = node(pod.node_name)
+                del members[bisect_left(members, _name_of(pod), key=_name_of)]
+        for pod in new:
+            if not pod.host_network:
+                for ip in pod.ips:
+                    owner = by_ip.get(ip)  # the last pod in name order owns a shared address
+                    if owner is None or _name_of(owner) < _name_of(pod):
+                        by_ip[ip] = pod
+                    freed.discard(ip)
+            if pod.node_name is not None:
+                insort(node(pod.node_name), pod, key=_name_of)
+        self._multi_address = before._multi_address or any(len(p.ips) > 1 for p in new)
+        if freed and self._multi_address:
+            # Written dual-stack addresses may be shared (placement checks only the first):
+            # another pod may own a freed one.
+            for pod in self._pods.all:
+                if not pod.host_network and not freed.isdisjoint(pod.ips):
+                    for ip in freed.intersection(pod.ips):
+                        by_ip[ip] = pod
+        for name, members in nodes.items():
+            if members:
+                by_node[name] = tuple(members)
+            else:
+                by_node.pop(name, None)
+        self._pods_by_ip, self._pods_by_node = by_ip, by_node
+
+    def _services_changed(self, before: Mesh, keys: set[_NamespacedName]) -> None:
+        by_vip = dict(before._services_by_vip)
+        for key in keys:
+            replaced = before._services.by_key.get(key)
+            if replaced is not None:
+                for vip in replaced.cluster_ips:
+                    if by_vip.get(vip) is replaced:
+                        del by_vip[vip]
+        for key in keys:
+            service = self._services.by_key.get(key)
+            if service is not None:
+                for vip in service.cluster_ips:
+                    by_vip[vip] = service
+        self._services_by_vip = by_vip
+
+    def _selection_changed(
+        self, before: Mesh, pods: set[_NamespacedName], services: set[_NamespacedName]
+    ) -> None:
+        """Which pods each service selects, and the reverse, for the changed pods and services
+        and for whatever selects or is selected by them, before or after."""
+        stale_services = set(services)
+        stale_pods = set(pods)
+        for key in pods:
+            for mesh in (before, self):
+                pod = mesh._pods.by_key.get(key)
+                if pod is None:
+                    continue
+                for service in self._services.in_namespace(key[0]):
+                    if service.selector and selector_matches(service.selector, pod.labels):
+                        stale_services.add((service.namespace, service.name))
+        for key in services:
+            stale_pods.update(_name_of(p) for p in before._service_pods.get(key, ()))
+        service_pods = dict(before._service_pods)
+        for key in stale_services:
+            current = self._services.by_key.get(key)
+            if current is None or not current.selector:
+                service_pods.pop(key, None)
+                continue
+            selected = self.pods_selected_by(current.namespace, current.selector)
+            service_pods[key] = selected
+            if key in services:
+                stale_pods.update(_name_of(p) for p in selected)
+        pod_services = dict(before._pod_services)
+        for key in stale_pods:
+            pod = self._pods.by_key.get(key)
+            picked = () if pod is None else self._services_picking(pod)
+            if picked:
+                pod_services[key] = picked
+            else:
+                pod_services.pop(key, None)
+        self._service_pods, self._pod_services = service_pods, pod_services
+
+    def _services_picking(self, pod: Pod) -> tuple[Service, ...]:
+        return tuple(
+            s
+            for s in self._services.in_namespace(pod.namespace)
+            if s.selector and selector_matches(s.selector, pod.labels)
+        )
 
     # -- generic ------------------------------------------------------------------------
 
@@ -363,33 +570,91 @@ _INDEX_OF = {
 }
 
 
+def _labels(obj: MeshObject) -> Mapping[str, str]:
+    return obj.meta.labels
+
+
+def _spec_labels(entry: WorkloadEntry) -> Mapping[str, str]:
+    return entry.spec_labels
+
+
+def _routes_by_parent(
+    http_routes: Iterable[Route], grpc_routes: Iterable[Route]
+) -> dict[tuple[str, str, str], tuple[Route, ...]]:
+    """(parent kind, namespace, name) -> routes with a parentRef to it, HTTP first."""
+    routes: dict[tuple[str, str, str], list[Route]] = defaultdict(list)
+    for route in (*http_routes, *grpc_routes):
+        for ref in route.parent_refs:
+            target = "Service" if ref.is_service else ref.kind
+            entry = routes[target, ref.namespace or route.namespace, ref.name]
+            if not entry or entry[-1] is not route:  # two refs (e.g. ports) to one parent
+                entry.append(route)
+    return {key: tuple(v) for key, v in routes.items()}
+
+
 class _Selectable(Generic[T]):
-    """Label selection over one kind: (namespace, label, value) -> positions in name order."""
+    """Label selection over one kind: (namespace, label, value) -> names, in name order."""
 
-    __slots__ = ("_index", "_labels_of", "_positions")
+    __slots__ = ("_index", "_labels_of", "_names")
 
-    def __init__(self, index: _Index[T], labels_of: Callable[[T], Mapping[str, str]]) -> None:
+    def __init__(
+        self,
+        index: _Index[T],
+        labels_of: Callable[[T], Mapping[str, str]],
+        names: dict[tuple[str, str, str], list[str]] | None = None,
+    ) -> None:
         self._index = index
         self._labels_of = labels_of
-        positions: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-        for position, obj in enumerate(index.all):
-            namespace = obj.meta.namespace
-            for label, value in labels_of(obj).items():
-                positions[namespace, label, value].append(position)
-        self._positions = positions
+        if names is None:
+            names = defaultdict(list)
+            for obj in index.all:
+                namespace, name = obj.meta.namespace, obj.meta.name
+                for label, value in labels_of(obj).items():
+                    names[namespace, label, value].append(name)
+        self._names = names
+
+    def changed(self, index: _Index[T], removed: Iterable[T], added: Iterable[T]) -> _Selectable[T]:
+        """For `index`, which differs from this one's by `removed` and `added` objects."""
+        labels_of = self._labels_of
+
+        def entries(objects: Iterable[T]) -> set[tuple[str, str, str, str]]:
+            return {
+                (o.meta.namespace, label, value, o.meta.name)
+                for o in objects
+                for label, value in labels_of(o).items()
+            }
+
+        gone, new = entries(removed), entries(added)
+        names = dict(self._names)
+        copied: set[tuple[str, str, str]] = set()
+        for namespace, label, value, name in gone - new:
+            key = (namespace, label, value)
+            if key not in copied:
+                names[key] = list(names[key])
+                copied.add(key)
+            names[key].remove(name)
+        for namespace, label, value, name in new - gone:
+            key = (namespace, label, value)
+            if key not in copied:
+                names[key] = list(names.get(key, ()))
+                copied.add(key)
+            insort(names[key], name)
+        for key in copied:
+            if not names[key]:
+                del names[key]
+        return _Selectable(index, labels_of, names)
 
     def select(self, namespace: str, selector: Mapping[str, str]) -> tuple[T, ...]:
         if not selector:
             return self._index.in_namespace(namespace)
-        candidates: list[int] | None = None
+        candidates: list[str] | None = None
         for label, value in selector.items():
-            found = self._positions.get((namespace, label, value))
+            found = self._names.get((namespace, label, value))
             if not found:
                 return ()
             if candidates is None or len(found) < len(candidates):
                 candidates = found
         assert candidates is not None
-        objects, labels_of = self._index.all, self._labels_of
-        return tuple(
-            objects[i] for i in candidates if selector_matches(selector, labels_of(objects[i]))
-        )
+        by_key, labels_of = self._index.by_key, self._labels_of
+        objects = (by_key[namespace, name] for name in candidates)
+        return tuple(o for o in objects if selector_matches(selector, labels_of(o)))

@@ -211,6 +211,21 @@ def _place_pods(
         else:
             fresh.append(pod)
     # Pass 3, by name: everything else gets the least-loaded node and its next free address.
+    for pod, placed, allocation in _place_fresh(fresh, topology, load, pools, problems):
+        kept[id(pod)] = placed
+        allocations[pod.key] = allocation
+    return [kept[id(pod)] for pod in pods if id(pod) in kept], allocations
+
+
+def _place_fresh(
+    fresh: list[Pod],
+    topology: Topology,
+    load: dict[str, int],
+    pools: dict[str, _Pool],
+    problems: list[PlacementProblem],
+) -> list[tuple[Pod, Pod, tuple[str, str | None]]]:
+    """Pass 3, in the given order: (pod, placed pod, allocation) for each pod that fits."""
+    out = []
     for pod in fresh:
         if pod.node_name is not None and pod.node_name not in pools:
             known = ", ".join(pools)
@@ -233,9 +248,65 @@ def _place_pods(
                 )
                 continue
         load[target] += 1
-        kept[id(pod)] = _with(pod, target, ip, topology)
-        allocations[pod.key] = (target, ip)
-    return [kept[id(pod)] for pod in pods if id(pod) in kept], allocations
+        out.append((pod, _with(pod, target, ip, topology), (target, ip)))
+    return out
+
+
+def place_added(
+    pods: Iterable[Pod],
+    services: Iterable[Service],
+    topology: Topology,
+    placed_pods: Iterable[Pod],
+    placed_services: Iterable[Service],
+) -> PlacementResult:
+    """Places new pods and services (none with an address written) among placed ones that
+    keep their places: what `place` does for them when the previous load placed everything
+    else. `allocations` holds only the new objects'."""
+    used: set[str] = set()
+    pools = {node.name: _Pool(node.pod_cidr, used, skip=2) for node in topology.nodes}
+    load = dict.fromkeys(pools, 0)
+    for pod in placed_pods:
+        if not pod.host_network:
+            used.update(pod.ips)
+        if pod.node_name in load:
+            load[pod.node_name] += 1
+    problems: list[PlacementProblem] = []
+    fresh = sorted(pods, key=lambda p: (p.meta.namespace, p.meta.name))
+    placed = _place_fresh(fresh, topology, load, pools, problems)
+    vips = {ip for service in placed_services for ip in service.cluster_ips}
+    pool = _Pool(topology.service_cidr, vips, skip=1)
+    new_services = sorted(services, key=lambda s: (s.meta.namespace, s.meta.name))
+    services_placed, vip_allocations = _place_fresh_services(new_services, pool, topology, problems)
+    return PlacementResult(
+        [p for _, p, _ in placed],
+        services_placed,
+        Allocations({pod.key: allocation for pod, _, allocation in placed}, vip_allocations),
+        problems,
+    )
+
+
+def placement_inputs(obj: Pod | Service) -> tuple[object, ...]:
+    """What placement reads of a pod or service besides its key: with the same inputs (and
+    everything else the same) an object is placed exactly where it was."""
+    if isinstance(obj, Pod):
+        return obj.ip, obj.ips, obj.node_name, obj.host_network
+    return obj.cluster_ip, obj.cluster_ips, obj.headless, obj.type
+
+
+def place_again(pod: Pod, placed: Pod, allocations: Allocations, topology: Topology) -> Pod:
+    """`pod` where `placed` (its previous version, same `placement_inputs`) was placed."""
+    allocation = allocations.pods.get(pod.key)
+    if allocation is not None:
+        return _with(pod, *allocation, topology)
+    if pod.node_name is None:  # the address was written, the node chosen (pass 1)
+        return dataclasses.replace(pod, node_name=placed.node_name, placed=True)
+    return pod
+
+
+def vip_again(service: Service, allocations: Allocations) -> Service:
+    """`service` with the VIP its previous version (same `placement_inputs`) was given."""
+    vip = allocations.services.get(service.key)
+    return _with_vip(service, vip) if vip is not None else service
 
 
 def _allocate(
@@ -331,6 +402,19 @@ def _place_services(
             allocations[service.key] = vip
         else:
             fresh.append(service)
+    placed, fresh_allocations = _place_fresh_services(fresh, pool, topology, problems)
+    for service in placed:
+        kept[service.key] = service
+    allocations.update(fresh_allocations)
+    return [kept[s.key] for s in services if s.key in kept], allocations
+
+
+def _place_fresh_services(
+    fresh: list[Service], pool: _Pool, topology: Topology, problems: list[PlacementProblem]
+) -> tuple[list[Service], dict[ObjectKey, str]]:
+    """Pass 3 for services, in the given order: the next free VIP each."""
+    placed: list[Service] = []
+    allocations: dict[ObjectKey, str] = {}
     for service in fresh:
         vip = pool.take()
         if vip is None:
@@ -342,9 +426,9 @@ def _place_services(
                 )
             )
             continue
-        kept[service.key] = _with_vip(service, vip)
+        placed.append(_with_vip(service, vip))
         allocations[service.key] = vip
-    return [kept[s.key] for s in services if s.key in kept], allocations
+    return placed, allocations
 
 
 def _with_vip(service: Service, vip: str) -> Service:

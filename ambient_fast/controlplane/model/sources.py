@@ -1,12 +1,14 @@
 """YAML in: files and directories -> `SourceFile`s -> raw documents with their line numbers.
 
-Sans-IO split: `split_documents` works on text; only `read_sources` and `stat_sources`
-touch the filesystem.
+Sans-IO split: `split_documents` and `split_chunks` work on text; only `read_sources` and
+`stat_sources` touch the filesystem.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,19 @@ class RawDocument:
     index: int  # 1-based position in the file
     line: int  # 1-based line where it starts
     body: object
+
+
+@dataclass(frozen=True, slots=True)
+class TextChunk:
+    """A stretch of a file from one bare `---` line to the next (the first chunk: what comes
+    before the first `---`). Each holds one document, the first at most one."""
+
+    line: int  # 1-based line of the chunk's first line in the file
+    text: str
+
+    @property
+    def digest(self) -> bytes:
+        return text_digest(self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +81,43 @@ def split_documents(source: SourceFile) -> tuple[list[RawDocument], ModelError |
     finally:
         loader.dispose()
     return documents, None
+
+
+# Lines that start a document, end one or hold a directive, at column 0. Only bare `---` lines
+# are cut at; any other match makes the cut unsafe (directives apply to the next document,
+# `...` may be followed by a bare document, `--- value` starts a document on its own line).
+_MARKERS = re.compile(r"^(?:---|\.\.\.|%)[^\n]*", re.MULTILINE)
+_BARE_MARKER = re.compile(r"---[ \t]*\r?")
+# Line breaks other than \n and \r\n (YAML 1.1 also breaks lines at these).
+_UNUSUAL_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
+def text_digest(text: str) -> bytes:
+    """What the watcher keeps of a text to notice a change (not the text itself)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def split_chunks(text: str) -> list[TextChunk] | None:
+    """The text cut at its bare `---` lines, so that each chunk parsed alone gives what the
+    whole text's parse gives for that document (YAML forbids `---` at column 0 inside any
+    scalar, and anchors and tags never cross documents). None when a cut is not safe."""
+    if any(mark in text for mark in _UNUSUAL_BREAKS) or text.count("\r") != text.count("\r\n"):
+        return None
+    if text.find("\ufeff", 1) != -1:
+        return None  # a byte order mark past the start (one at the start stays in chunk 0)
+    cuts: list[int] = []
+    for match in _MARKERS.finditer(text):
+        if _BARE_MARKER.fullmatch(match.group()) is None:
+            return None
+        cuts.append(match.start())
+    chunks = []
+    start, line = 0, 1
+    for cut in (*cuts, len(text)):
+        piece = text[start:cut]
+        chunks.append(TextChunk(line, piece))
+        line += piece.count("\n")
+        start = cut
+    return chunks
 
 
 _STR = "tag:yaml.org,2002:str"

@@ -15,7 +15,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ambient_fast.controlplane.model.loader import LoadResult, ParsedFile, assemble, parse_file
+from ambient_fast.controlplane.model.edits import FileEdit, reassemble
+from ambient_fast.controlplane.model.loader import (
+    Assembly,
+    LoadResult,
+    ParsedFile,
+    assemble_files,
+    parse_file,
+)
 from ambient_fast.controlplane.model.mesh import Mesh
 from ambient_fast.controlplane.model.placement import Topology
 from ambient_fast.controlplane.model.report import LoadReport, ModelError, Severity
@@ -25,11 +32,17 @@ from ambient_fast.controlplane.model.sources import (
     expand_paths,
     read_source,
     stat_sources,
+    text_digest,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_POLL_INTERVAL = 1.0  # seconds; a local control plane, not a cluster-scale watch
+# Seconds between polls: an edit waits at most this long to be seen, well within the push goal
+# (issue 3: one changed pod at the proxies within 50 ms); polling stays portable (no inotify).
+DEFAULT_POLL_INTERVAL = 0.025
+# A poll that finds nothing (a stat of every file) may use at most this share of one core:
+# with many files the watcher waits longer than `interval` between polls.
+MAX_IDLE_POLL_SHARE = 0.05
 # Files modified this close before a scan are re-read even with an unchanged stamp:
 # coarse filesystem timestamps can hide a second write in the same tick ("racy git").
 RACY_WINDOW_NS = 2_000_000_000
@@ -56,17 +69,22 @@ class Update:
 @dataclass(frozen=True, slots=True)
 class _FileState:
     good: ParsedFile | None  # the last version that parsed, None if it never did
-    text: str | None  # the text of `good`
+    digest: bytes | None  # of the text of `good` (the text itself is not kept)
     failure: ModelError | None  # why the current contents are not used
 
 
 class LiveModel:
-    """The current files and the Mesh built from them; feed it changes, get updates."""
+    """The current files and the Mesh built from them; feed it changes, get updates.
+
+    An edit reparses only the documents it changed (`parse_file` with the last parse) and,
+    when it keeps the mesh's shape, patches the last Mesh (`reassemble`) instead of
+    assembling every file again; either way the result is what a full load would give.
+    """
 
     def __init__(self, topology: Topology | None = None) -> None:
         self._topology = topology or Topology()
         self._files: dict[str, _FileState] = {}
-        self._base: LoadResult | None = None  # the last assembly, before per-file failures
+        self._base: Assembly | None = None  # the last assembly, before per-file failures
         self._result: LoadResult | None = None
 
     @property
@@ -75,31 +93,42 @@ class LiveModel:
 
     def apply(self, changes: Mapping[str, FileChange]) -> Update:
         """Apply new contents per path (None: deleted); rebuild if anything usable changed."""
-        changed = self._base is None
+        edits: list[tuple[ParsedFile | None, ParsedFile | None]] = []
         for path, change in changes.items():
             state = self._files.get(path)
-            good, text = (state.good, state.text) if state is not None else (None, None)
+            good, digest = (state.good, state.digest) if state is not None else (None, None)
             if change is None:
                 if self._files.pop(path, None) is not None and good is not None:
-                    changed = True
+                    edits.append((good, None))
             elif isinstance(change, ModelError):
-                self._files[path] = _FileState(good, text, change)
-            elif change.text == text:
-                self._files[path] = _FileState(good, text, None)  # touched, or an edit undone
+                self._files[path] = _FileState(good, digest, change)
+            elif (new_digest := text_digest(change.text)) == digest:
+                self._files[path] = _FileState(good, digest, None)  # touched, or an edit undone
             else:
-                parsed = parse_file(change)
+                parsed = parse_file(change, good)
                 if parsed.failure is None:
-                    self._files[path] = _FileState(parsed, change.text, None)
-                    changed = True
+                    self._files[path] = _FileState(parsed, new_digest, None)
+                    edits.append((good, parsed))
                 else:
-                    self._files[path] = _FileState(good, text, parsed.failure)
-        if changed or self._base is None:
-            previous = self._base.mesh.allocations if self._base is not None else None
-            good_files = [s.good for _, s in sorted(self._files.items()) if s.good is not None]
-            self._base = assemble(good_files, self._topology, previous)
-        base = self._base
+                    self._files[path] = _FileState(good, digest, parsed.failure)
+        changed = bool(edits) or self._base is None
+        if changed:
+            self._base = self._assemble(edits)
+        assert self._base is not None
+        base = self._base.result
         self._result = LoadResult(base.mesh, LoadReport((*self._failures(), *base.report.problems)))
         return Update(self._result, published=changed)
+
+    def _assemble(self, edits: list[tuple[ParsedFile | None, ParsedFile | None]]) -> Assembly:
+        if self._base is not None:
+            modified: list[FileEdit] = [(b, a) for b, a in edits if b is not None and a is not None]
+            if len(modified) == len(edits):  # no file added or removed
+                patched = reassemble(self._base, modified, self._topology)
+                if patched is not None:
+                    return patched
+        previous = self._base.result.mesh.allocations if self._base is not None else None
+        good_files = [s.good for _, s in sorted(self._files.items()) if s.good is not None]
+        return assemble_files(good_files, self._topology, previous)
 
     def _failures(self) -> list[ModelError]:
         problems = []
@@ -123,7 +152,8 @@ class ModelWatcher:
     """Polls the given files and directories by mtime/size and publishes each new Mesh.
 
     `poll()` does one check synchronously (tests call it directly); `run()` polls every
-    `interval` seconds using the injected `sleep`. Subscribers get `(mesh, report)` for each
+    `interval` seconds using the injected `sleep` (longer when a poll that finds nothing
+    takes more than MAX_IDLE_POLL_SHARE of that). Subscribers get `(mesh, report)` for each
     published Mesh; a broken edit is logged and reported but not published.
     """
 
@@ -135,11 +165,13 @@ class ModelWatcher:
         interval: float = DEFAULT_POLL_INTERVAL,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         now_ns: Callable[[], int] = time.time_ns,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._paths: Sequence[str | os.PathLike[str]] = tuple(paths)
         self._interval = interval
         self._sleep = sleep
         self._now_ns = now_ns
+        self._clock = clock
         self._model = LiveModel(topology)
         self._stamps: dict[str, FileStamp] = {}
         self._missing: dict[str, ModelError] = {}
@@ -200,8 +232,12 @@ class ModelWatcher:
     async def run(self) -> None:
         """Poll forever (cancel the task to stop); the first poll happens immediately."""
         while True:
+            interval = self._interval
+            started = self._clock()
             try:
-                self.poll()
+                if self.poll() is None:
+                    spent = self._clock() - started
+                    interval = max(interval, spent * (1 / MAX_IDLE_POLL_SHARE - 1))
             except Exception:  # one bad poll must not stop the control plane
                 log.exception("model poll failed")
-            await self._sleep(self._interval)
+            await self._sleep(interval)

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ambient_fast.controlplane.model import Mesh
+from ambient_fast.controlplane.model import Mesh, Pod, selector_matches
 from ambient_fast.controlplane.translate.policies import (
     DEFAULT_ROOT_NAMESPACE,
     PolicyNotes,
@@ -62,6 +62,10 @@ class WaypointPolicy:
         return attached(self.targets, self.policy.namespace, gateway, service, root_namespace)
 
 
+# Selector policies by namespace: (selector, Authorization name), in policy order.
+SelectorPolicies = dict[str, list[tuple[Mapping[str, str], str]]]
+
+
 @dataclass
 class Translation:
     addresses: dict[str, wl.Address] = field(default_factory=dict)
@@ -74,6 +78,8 @@ class Translation:
     waypoints: dict[str, wp.WaypointConfig] = field(default_factory=dict)
     notes: PolicyNotes = field(default_factory=PolicyNotes)
     options: TranslateOptions = field(default_factory=lambda: TranslateOptions())
+    # The node-proxy Authorizations that select workloads by label, for `policies_selecting`.
+    selectors: SelectorPolicies = field(default_factory=dict)
 
     def publish(self, store: ResourceStore) -> None:
         """Replaces the store's contents; only what changed reaches connected proxies."""
@@ -83,16 +89,11 @@ class Translation:
         store.replace(WAYPOINT_CONFIG_TYPE_URL, self.waypoints)
 
 
-def _selector_policies(
-    mesh: Mesh, options: TranslateOptions, out: Translation
-) -> dict[tuple[str, str], list[str]]:
-    """Translates every policy; returns the selector ones by the (namespace, pod) they select
-    (through the model's label index, not by testing every policy against every pod)."""
-    by_pod: dict[tuple[str, str], list[str]] = defaultdict(list)
+def _translate_policies(mesh: Mesh, options: TranslateOptions, out: Translation) -> None:
+    """Translates every policy; the selector ones are also listed in `out.selectors`."""
 
     def select(namespace: str, selector: Mapping[str, str], key: str) -> None:
-        for pod in mesh.pods_selected_by(namespace, selector):
-            by_pod[(pod.namespace, pod.name)].append(key)
+        out.selectors.setdefault(namespace, []).append((selector, key))
 
     for ap in mesh.authorization_policies:
         policy = translate_authorization(ap, out.notes, options.root_namespace)
@@ -115,14 +116,37 @@ def _selector_policies(
         out.authorizations[strict.key] = to_authorization(strict)
         if strict.scope is Scope.WORKLOAD_SELECTOR and pa.selector:
             select(pa.namespace, pa.selector, strict.key)
+
+
+def _selected_pods(mesh: Mesh, selectors: SelectorPolicies) -> dict[tuple[str, str], list[str]]:
+    """The selector policies by the (namespace, pod) they select (through the model's label
+    index, not by testing every policy against every pod)."""
+    by_pod: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for namespace, policies in selectors.items():
+        for selector, key in policies:
+            for pod in mesh.pods_selected_by(namespace, selector):
+                by_pod[(pod.namespace, pod.name)].append(key)
     return by_pod
+
+
+def policies_selecting(selectors: SelectorPolicies, pod: Pod) -> tuple[str, ...]:
+    """The names of the selector Authorizations that select `pod` (a Workload's list)."""
+    labels = pod.labels
+    return tuple(
+        sorted(
+            key
+            for selector, key in selectors.get(pod.namespace, ())
+            if selector_matches(selector, labels)
+        )
+    )
 
 
 def translate(mesh: Mesh, options: TranslateOptions | None = None) -> Translation:
     options = options or TranslateOptions()
     naming = Naming(options.cluster_id, options.trust_domain, options.domain)
     out = Translation(options=options)
-    selectors = _selector_policies(mesh, options, out)
+    _translate_policies(mesh, options, out)
+    selectors = _selected_pods(mesh, out.selectors)
     for pod in mesh.pods:
         if not pod.ip:
             continue  # not scheduled: no address to route to yet
