@@ -1,8 +1,9 @@
 """Server memory per workload: a control-plane process with the mesh loaded vs an empty one.
 
 The child (`python -m perf.controlplane_memory --nodes N DIR`) is the control plane's own
-pipeline: `ModelWatcher` loads DIR (file texts and parsed files stay held for reloads),
-`ControlPlane` translates and publishes into its store (the Translation is then dropped), and
+pipeline: `ModelWatcher` loads DIR (parsed files and a digest per document stay held for
+reloads), `ControlPlane` translates and publishes into its store (the Translation is then
+dropped; the store keeps each resource's version and serialization), and
 an `XdsServer` serves the store on loopback. The
 parent connects one delta-ADS client (in its own process, so the client's memory is not
 counted), syncs everything, then asks the child for its RSS. The same child on an empty DIR is

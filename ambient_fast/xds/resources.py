@@ -71,11 +71,17 @@ class UnknownTypeUrl(KeyError):
         return f"unknown type_url {self.type_url!r} (served: {', '.join(self.known) or 'none'})"
 
 
+# What the store keeps per resource: its version and serialization. The delta-xDS envelope
+# (`Resource`) is built when a stream asks for it: a protobuf message per resource would cost
+# several times the bytes it holds.
+_Entry = tuple[str, bytes]
+
+
 class ResourceStore:
     """Resources by type URL and name; `update` tells subscribers only what really changed."""
 
     def __init__(self, type_urls: Iterable[str] = ISTIO_TYPE_URLS) -> None:
-        self._resources: dict[str, dict[str, Resource]] = {}
+        self._resources: dict[str, dict[str, _Entry]] = {}
         self._subscribers: list[Subscriber] = []
         # Bumped by every effective update; sent as system_version_info (debugging only).
         self.system_version = 0
@@ -95,7 +101,7 @@ class ResourceStore:
     def has_type(self, type_url: str) -> bool:
         return type_url in self._resources
 
-    def _of_type(self, type_url: str) -> dict[str, Resource]:
+    def _of_type(self, type_url: str) -> dict[str, _Entry]:
         try:
             return self._resources[type_url]
         except KeyError:
@@ -105,7 +111,14 @@ class ResourceStore:
         return self._of_type(type_url).keys()
 
     def get(self, type_url: str, name: str) -> Resource | None:
-        return self._of_type(type_url).get(name)
+        """The resource's delta-xDS envelope (built anew on each call), None if absent."""
+        entry = self._of_type(type_url).get(name)
+        return None if entry is None else _envelope(name, entry[0], type_url, entry[1])
+
+    def version(self, type_url: str, name: str) -> str | None:
+        """The resource's version (its content hash), None if absent."""
+        entry = self._of_type(type_url).get(name)
+        return None if entry is None else entry[0]
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Calls `subscriber` after each effective update; returns the unsubscribe function."""
@@ -138,12 +151,11 @@ class ResourceStore:
                 raise TypeError(f"{type_url}: resource {name!r} is a {type_url_of(message)}")
         changed: set[str] = set()
         for name, message in upserts.items():
-            # Envelopes only for what changed: a full recomputation is mostly unchanged.
             serialized = message.SerializeToString(deterministic=True)
             version = resource_version(serialized)
             previous = current.get(name)
-            if previous is None or previous.version != version:
-                current[name] = _envelope(name, version, type_url, serialized)
+            if previous is None or previous[0] != version:
+                current[name] = (version, serialized)
                 changed.add(name)
         for name in removals:
             if current.pop(name, None) is not None:

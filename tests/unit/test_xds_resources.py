@@ -37,6 +37,16 @@ def test_resource_is_packed_with_its_type_url() -> None:
     assert resource.resource.type_url == AUTHORIZATION_TYPE_URL
 
 
+def test_the_store_serves_what_was_stored_with_its_version() -> None:
+    store = ResourceStore()
+    store.update(ADDRESS_TYPE_URL, {"a": address("a", "ns/svc")})
+    resource = store.get(ADDRESS_TYPE_URL, "a")
+    assert resource == make_resource("a", address("a", "ns/svc"))
+    assert store.version(ADDRESS_TYPE_URL, "a") == resource.version
+    assert Address.FromString(resource.resource.value) == address("a", "ns/svc")
+    assert store.get(ADDRESS_TYPE_URL, "b") is None and store.version(ADDRESS_TYPE_URL, "b") is None
+
+
 def test_only_effective_changes_reach_subscribers() -> None:
     store = ResourceStore()
     seen: list[Change] = []

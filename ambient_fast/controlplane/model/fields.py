@@ -10,7 +10,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import sys
 from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 Obj = Mapping[str, Any]
@@ -152,15 +154,24 @@ def str_list(obj: Obj, key: str, path: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def str_map(obj: Obj, key: str, path: str) -> dict[str, str]:
-    """A string-to-string mapping such as labels; numbers must be quoted, as in Kubernetes."""
+def str_map(obj: Obj, key: str, path: str) -> Mapping[str, str]:
+    """A string-to-string mapping such as labels; numbers must be quoted, as in Kubernetes.
+    Keys and short values are interned and every empty map is the same read-only one: the
+    same labels repeat on thousands of objects."""
     raw = opt_map(obj, key, path)
     for k, v in raw.items():
         if k.__class__ is not str or v.__class__ is not str:
             raise FieldError(
                 f"{join(path, key)}.{k}", f"expected a string value, got {describe(v)}"
             )
-    return dict(raw)
+    if not raw:
+        return _NO_STRINGS
+    intern = sys.intern
+    return {intern(k): intern(v) if len(v) <= _INTERNED_VALUE_MAX else v for k, v in raw.items()}
+
+
+_NO_STRINGS: Mapping[str, str] = MappingProxyType({})
+_INTERNED_VALUE_MAX = 63  # label values are at most 63 characters (Kubernetes)
 
 
 def one_of(obj: Obj, key: str, path: str, allowed: tuple[str, ...], default: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -83,7 +84,7 @@ def parse_meta(doc: Obj, origin: Origin, *, namespaced: bool) -> ObjectMeta:
     created = meta.get("creationTimestamp")
     return ObjectMeta(
         name=name,
-        namespace=namespace,
+        namespace=sys.intern(namespace),
         labels=str_map(meta, "labels", "metadata"),
         annotations=str_map(meta, "annotations", "metadata"),
         uid=str(uid) if uid is not None else None,
