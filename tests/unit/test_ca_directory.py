@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from ambient_fast.controlplane.ca import InMemoryNodeDirectory, MeshNodeDirectory
-from ambient_fast.controlplane.model import SourceFile, load_sources
+from ambient_fast.controlplane.model import LiveModel, SourceFile, load_sources
 from ambient_fast.identity import Identity
 
 SLEEP = Identity.of("default", "sleep")
@@ -54,3 +54,22 @@ def test_mesh_directory_follows_published_snapshots() -> None:
     without = "---".join(d for d in documents if "sleep-2" not in d)
     directory.update(load_sources([SourceFile("pods.yaml", without)]).mesh)
     assert directory.identities_on("node-b") == frozenset()
+
+
+def test_mesh_directory_follows_edits_as_a_fresh_index_would() -> None:
+    live = LiveModel()
+    directory = MeshNodeDirectory(trust_domain="example.org")
+    text = textwrap.dedent(PODS)
+    directory.update(live.apply({"pods.yaml": SourceFile("pods.yaml", text)}).mesh)
+    for old, new in [
+        ("spec: {serviceAccountName: sleep, nodeName: node-b}", "spec: {nodeName: node-b}"),
+        ("name: web, namespace: shop}\nspec: {nodeName: node-a}", "name: web, namespace: shop}"),
+    ]:
+        text = text.replace(old, new)
+        mesh = live.apply({"pods.yaml": SourceFile("pods.yaml", text)}).mesh
+        directory.update(mesh)
+        fresh = MeshNodeDirectory(trust_domain="example.org")
+        fresh.update(load_sources([SourceFile("pods.yaml", text)]).mesh)
+        for node in ("node-a", "node-b"):
+            assert directory.identities_on(node) == fresh.identities_on(node), (new, node)
+    assert directory.identities_on("node-b") == {Identity.of("default", "default", "example.org")}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from ambient_fast.identity.spiffe import DEFAULT_TRUST_DOMAIN, Identity
 
 if TYPE_CHECKING:
-    from ambient_fast.controlplane.model import Mesh
+    from ambient_fast.controlplane.model import Mesh, Pod
 
 
 class NodeDirectory(Protocol):
@@ -62,15 +62,39 @@ class MeshNodeDirectory:
     def __init__(self, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> None:
         self._trust_domain = trust_domain
         self._by_node: dict[str, frozenset[Identity]] = {}
+        self._mesh: Mesh | None = None
 
     def update(self, mesh: Mesh) -> None:
-        """Indexes a new snapshot (once per publish, not per certificate request)."""
-        by_node: defaultdict[str, set[Identity]] = defaultdict(set)
-        for pod in mesh.pods:
-            if pod.node_name:
-                identity = Identity.of(pod.meta.namespace, pod.service_account, self._trust_domain)
-                by_node[pod.node_name].add(identity)
-        self._by_node = {node: frozenset(ids) for node, ids in by_node.items()}
+        """Indexes a new snapshot (once per publish, not per certificate request). A Mesh
+        derived from the last one (`Mesh.changes_since`) re-indexes only the nodes its
+        changed pods ran on or run on."""
+        changes = mesh.changes_since(self._mesh) if self._mesh is not None else None
+        if changes is None or self._mesh is None:
+            by_node: defaultdict[str, set[Identity]] = defaultdict(set)
+            for pod in mesh.pods:
+                if pod.node_name:
+                    by_node[pod.node_name].add(self._identity(pod))
+            self._by_node = {node: frozenset(ids) for node, ids in by_node.items()}
+        else:
+            nodes = set()
+            for key in changes:
+                if key.kind == "Pod":
+                    for snapshot in (self._mesh, mesh):
+                        found = snapshot.pod(key.namespace, key.name)
+                        if found is not None and found.node_name:
+                            nodes.add(found.node_name)
+            if nodes:
+                self._by_node = dict(self._by_node)
+                for node in nodes:
+                    ids = frozenset(self._identity(pod) for pod in mesh.pods_on_node(node))
+                    if ids:
+                        self._by_node[node] = ids
+                    else:
+                        self._by_node.pop(node, None)
+        self._mesh = mesh
+
+    def _identity(self, pod: Pod) -> Identity:
+        return Identity.of(pod.meta.namespace, pod.service_account, self._trust_domain)
 
     def identities_on(self, node: str) -> frozenset[Identity]:
         return self._by_node.get(node, frozenset())
