@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from google.protobuf.wrappers_pb2 import UInt32Value
-from hbone_harness import dial_target, finish, recv_to_eof, sendall, tls_identity
+from hbone_harness import dial, dial_target, finish, recv_to_eof, sendall, tls_identity
 from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import (
@@ -49,6 +49,8 @@ SLEEP_IP = "127.0.0.10"  # the client workload
 STRANGER_IP = "127.0.0.99"  # a client the store does not know
 ECHO_IP = "127.0.0.20"  # captured pod `echo`
 IMPOSTOR_IP = "127.0.0.21"  # captured pod `echo-2`, whose server presents another identity
+WAYPOINT_IP = "127.0.0.40"  # the waypoint of service `reviews`
+REVIEWS_VIP = "10.96.0.20"
 WEB_A_IP, WEB_B_IP = "127.0.0.30", "127.0.0.31"  # service `web`, not captured
 WEB_VIP = "10.96.0.10"
 
@@ -180,6 +182,8 @@ class Node:
     hbone_port: int
     destinations: dict[tuple[str, int], tuple[str, int]]
     servers: dict[str, list[InboundTunnel]] = field(default_factory=dict)
+    # What an HBONE server dials for a CONNECT target (host, port); others: the target itself.
+    forward: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
 
     async def connect(self, src_ip: str, original_dst: tuple[str, int]) -> socket.socket:
         """A client on `src_ip` whose connection was "redirected" from `original_dst`."""
@@ -231,6 +235,7 @@ async def node(rng: random.Random | None = None) -> AsyncIterator[Node]:
             "Kubernetes//Pod/apps/sleep": pod("sleep", SLEEP_IP),
             "Kubernetes//Pod/apps/echo": pod("echo", ECHO_IP),
             "Kubernetes//Pod/apps/echo-2": pod("echo-2", IMPOSTOR_IP, service_account="echo"),
+            "Kubernetes//Pod/apps/waypoint": pod("waypoint", WAYPOINT_IP),
         },
     )
     assert not applied.rejected, applied.rejected
@@ -250,13 +255,15 @@ async def node(rng: random.Random | None = None) -> AsyncIterator[Node]:
         stack.callback(logger.removeHandler, events)
         destinations: dict[tuple[str, int], tuple[str, int]] = {}
 
-        # The two "pods" serve HBONE on one port, as every pod's node proxy does.
+        # The "pods" serve HBONE on one port, as every pod's node proxy does.
         echo_hbone = listener(ECHO_IP)
         hbone_port = echo_hbone.getsockname()[1]
         servers: dict[str, list[InboundTunnel]] = {}
+        forward: dict[tuple[str, int], tuple[str, int]] = {}
         for ip, sock, presented in (
             (ECHO_IP, echo_hbone, spiffe("echo")),
             (IMPOSTOR_IP, listener(IMPOSTOR_IP, hbone_port), spiffe("other")),
+            (WAYPOINT_IP, listener(WAYPOINT_IP, hbone_port), spiffe("waypoint")),
         ):
             seen = servers[ip] = []
 
@@ -264,7 +271,10 @@ async def node(rng: random.Random | None = None) -> AsyncIterator[Node]:
                 tunnel: InboundTunnel, seen: list[InboundTunnel] = seen
             ) -> Accept | Reject:
                 seen.append(tunnel)
-                return await dial_target(tunnel)
+                target = forward.get((tunnel.target.host, tunnel.target.port))
+                if target is None:
+                    return await dial_target(tunnel)
+                return Accept(await dial(*target))
 
             certs = ServerCertificates()
             certs.set(None, tls_identity(ca, presented))
@@ -292,7 +302,7 @@ async def node(rng: random.Random | None = None) -> AsyncIterator[Node]:
             await finish(serving_proxy)
 
         stack.push_async_callback(stop)
-        yield Node(ca, store, proxy, metrics, events, hbone_port, destinations, servers)
+        yield Node(ca, store, proxy, metrics, events, hbone_port, destinations, servers, forward)
 
 
 async def test_unknown_destination_passes_through_with_bytes_intact() -> None:
@@ -412,6 +422,30 @@ async def test_service_vip_picks_endpoints_by_capacity_with_the_seeded_random() 
             destination_service=host,
             connection_security_policy="unknown",
         ) == reached.count(name)
+
+
+async def test_a_service_with_a_waypoint_is_tunnelled_to_the_waypoint_with_the_vip() -> None:
+    host = "reviews.apps.svc.cluster.local"
+    async with node() as n, backend(WAYPOINT_IP) as port:
+        waypoint = wpb.GatewayAddress(
+            address=wpb.NetworkAddress(address=ipaddress.ip_address(WAYPOINT_IP).packed),
+            hbone_mtls_port=n.hbone_port,
+        )
+        reviews = service("reviews", REVIEWS_VIP, {9080: 9080})
+        reviews.service.waypoint.CopyFrom(waypoint)
+        assert not n.store.apply(ADDRESS_TYPE_URL, {f"apps/{host}": reviews}).rejected
+        n.forward[(REVIEWS_VIP, 9080)] = (WAYPOINT_IP, port)  # the waypoint's own routing
+        with await n.connect(SLEEP_IP, (REVIEWS_VIP, 9080)) as sock:
+            assert await exchange(sock, b"review?") == b"review?"
+        [line] = await n.closed(1)
+        [tunnel] = n.servers[WAYPOINT_IP]
+    assert (tunnel.target.host, tunnel.target.port) == (REVIEWS_VIP, 9080)
+    assert tunnel.peer_identity == spiffe("sleep")
+    assert f";host={host}" in (tunnel.header("forwarded") or "")
+    assert line["dst.addr"] == f"{WAYPOINT_IP}:{n.hbone_port}"
+    assert line["dst.hbone_addr"] == f"{REVIEWS_VIP}:9080"
+    assert (line["dst.service"], line["dst.identity"]) == (host, spiffe("waypoint"))
+    assert count(n.metrics.opened, destination_workload="waypoint", destination_service=host) == 1
 
 
 @pytest.mark.parametrize("target", ["proxy", "15008"])
