@@ -101,7 +101,10 @@ class HbonePool:
         max_streams_per_connection: int = 100,
         idle_timeout: float = 300.0,
         connect_timeout: float = 10.0,
-    ) -> None: ...
+        mark: int | None = None,
+    ) -> None:
+        """`mark`: SO_MARK on every pool socket (ztunnel 0x539: redirect rules skip it).
+        A route's source_ip is bound with IP_TRANSPARENT (a pod's address, in-pod mode)."""
     def connect(
         self,
         reactor: Reactor,

@@ -87,6 +87,8 @@ pub struct PoolOptions {
     pub max_streams_per_connection: usize,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
+    /// SO_MARK for every pool socket (ztunnel: 0x539), so redirect rules skip our own traffic.
+    pub mark: Option<u32>,
 }
 
 type KeyConnections = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
@@ -201,7 +203,14 @@ impl Pool {
             TcpSocket::new_v6()
         }
         .map_err(|e| format!("socket for {dst}: {e}"))?;
+        if let Some(mark) = self.options.mark {
+            socket2::SockRef::from(&socket)
+                .set_mark(mark)
+                .map_err(|e| format!("SO_MARK {mark:#x} for {dst}: {e}"))?;
+        }
         if let Some(ip) = key.source_ip {
+            // The source may be a pod's address, not ours: IP_TRANSPARENT lets us bind it.
+            let _ = socket2::SockRef::from(&socket).set_ip_transparent(true);
             socket
                 .bind(SocketAddr::new(ip, 0))
                 .map_err(|e| format!("bind {ip} for {dst}: {e}"))?;

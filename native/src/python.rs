@@ -438,12 +438,14 @@ impl HbonePool {
         max_streams_per_connection = settings::DEFAULT_CLIENT_MAX_STREAMS,
         idle_timeout = settings::DEFAULT_POOL_IDLE.as_secs_f64(),
         connect_timeout = settings::DEFAULT_CONNECT_TIMEOUT.as_secs_f64(),
+        mark = None,
     ))]
     fn new(
         settings: Option<Http2Settings>,
         max_streams_per_connection: usize,
         idle_timeout: f64,
         connect_timeout: f64,
+        mark: Option<u32>,
     ) -> PyResult<Self> {
         if max_streams_per_connection == 0 {
             return Err(PyValueError::new_err(
@@ -455,6 +457,7 @@ impl HbonePool {
             max_streams_per_connection,
             idle_timeout: seconds("idle_timeout", idle_timeout)?,
             connect_timeout: seconds("connect_timeout", connect_timeout)?,
+            mark,
         };
         let _context = runtime().enter();
         Ok(Self {

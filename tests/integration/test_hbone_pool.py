@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 
@@ -90,6 +91,25 @@ async def test_the_peers_stream_limit_opens_another_connection() -> None:
         assert mesh.client.connection_count() == 3
         for i, tunnel in enumerate(tunnels):
             await exchange(tunnel, f"stream {i}".encode())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs CAP_NET_ADMIN")
+async def test_pool_sockets_carry_the_configured_mark() -> None:
+    # ztunnel marks its own sockets 0x539 so that the pod's redirect rules skip them.
+    client = HboneClient(_native.HbonePool(mark=0x539))
+    async with loopback(client=client) as mesh:
+        await exchange(await mesh.open(), b"marked")
+        port = mesh.server.destination.rsplit(":", 1)[1]
+        ss = await asyncio.create_subprocess_exec(
+            "ss",
+            "-tnHe",
+            "state",
+            "established",
+            f"( dport = :{port} )",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        sockets = (await ss.communicate())[0].decode()
+        assert "fwmark:0x539" in sockets, sockets
 
 
 async def test_idle_connections_are_released() -> None:
