@@ -66,6 +66,12 @@ def _controlplane(args: argparse.Namespace) -> int:
     return run_controlplane(args)
 
 
+def _ztunnel(args: argparse.Namespace) -> int:
+    from ambient_fast.ztunnel.app import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ambient-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     from ambient_fast.controlplane.run import add_arguments as add_controlplane_arguments
 
     add_controlplane_arguments(controlplane)
+
+    ztunnel = sub.add_parser(
+        "ztunnel",
+        help="the node proxy (dedicated mode): outbound 15001, HBONE 15008, plaintext 15006",
+        description="Istio's ztunnel. Each setting is a flag or the environment variable shown"
+        " (the flag wins).",
+    )
+    from ambient_fast.ztunnel.config import add_arguments as add_ztunnel_arguments
+
+    add_ztunnel_arguments(ztunnel)
 
     config = sub.add_parser("config", help="the xDS resources the control plane would serve")
     from ambient_fast.controlplane.commands import add_model_arguments
@@ -133,6 +149,7 @@ _HANDLERS = {
     "controlplane": _controlplane,
     "authz": _authz,
     "explain": _explain,
+    "ztunnel": _ztunnel,
 }
 
 

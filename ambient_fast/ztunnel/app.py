@@ -1,0 +1,369 @@
+"""`ambient-fast ztunnel`: builds the node proxy from a `ZtunnelConfig`, starts it, drains it.
+
+`Ztunnel` wires the state (xDS client, or LOCAL_XDS_PATH / LOCAL_XDS), the certificate manager
+(CA_ADDRESS, or FAKE_CA's self-signed root), the three listeners (outbound 15001, inbound HBONE
+15008, inbound plaintext 15006), metrics on 15020, admin on localhost:15000 and readiness on
+15021. Ready = config received, listeners up, and each local workload's certificate in hand.
+SIGTERM or POST /quitquitquit: readiness goes 503, listeners close, open connections get the
+drain deadline, then the process exits 0. Dedicated mode only; shared (in-pod) is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from ambient_fast.hbone.client import HboneClient
+from ambient_fast.identity import MeshCA
+from ambient_fast.identity.ca_client import (
+    CaClient,
+    CertificateIssuer,
+    SelfSignedCa,
+    TokenFile,
+)
+from ambient_fast.identity.manager import CertificateManager
+from ambient_fast.metrics import Metrics, MetricsServer
+from ambient_fast.splice import SpliceRelay
+from ambient_fast.state import LocalConfigWatcher, StateChange, StateStore, Workload
+from ambient_fast.state.local import LocalSource, parse_local_config
+from ambient_fast.xds.client import XdsClient, XdsClientConfig, control_plane_tls, token_file
+from ambient_fast.xds.subscription import NodeIdentity
+from ambient_fast.ztunnel.accesslog import AccessLog, istio_handler
+from ambient_fast.ztunnel.admin import AdminEndpoint, HttpServer, readiness
+from ambient_fast.ztunnel.config import (
+    ConfigError,
+    ProxyMode,
+    ZtunnelConfig,
+    from_args,
+)
+from ambient_fast.ztunnel.inbound import InboundServer
+from ambient_fast.ztunnel.inbound_passthrough import InboundPlaintextServer
+from ambient_fast.ztunnel.outbound import OutboundProxy, OutboundSettings
+from ambient_fast.ztunnel.sockets import listening_socket
+
+log = logging.getLogger(__name__)
+
+# Every address, both families (ztunnel binds [::]); 0.0.0.0 where IPv6 is off.
+ALL_ADDRESSES = "::"
+FALLBACK_ADDRESS = "0.0.0.0"
+ADMIN_ADDRESS = "127.0.0.1"  # ztunnel's admin listens on localhost only
+SHARED_MODE_REFUSAL = (
+    "PROXY_MODE=shared (in-pod, ZDS) is not implemented yet; run with PROXY_MODE=dedicated "
+    "and PROXY_WORKLOAD_INFO=<namespace>/<name>/<service account>"
+)
+
+
+def raise_fd_limit() -> int:
+    """RLIMIT_NOFILE soft = hard (ztunnel does the same at start); returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("ztunnel: cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, e)
+            return soft
+    return hard
+
+
+def _listener(host: str | None, port: int) -> socket.socket:
+    if host is not None:
+        return listening_socket((host, port))
+    try:
+        return listening_socket((ALL_ADDRESSES, port))
+    except OSError:
+        return listening_socket((FALLBACK_ADDRESS, port))
+
+
+class Ztunnel:
+    """One node proxy in dedicated mode. `bind` replaces "every address" for the listeners
+    (tests bind loopback); the admin endpoint is always on localhost."""
+
+    def __init__(self, config: ZtunnelConfig, *, bind: str | None = None) -> None:
+        if config.proxy_mode is ProxyMode.SHARED:
+            raise ConfigError(SHARED_MODE_REFUSAL)
+        assert config.proxy_workload_info is not None  # validate() demands it for dedicated
+        self.config = config
+        self._bind = bind
+        self._info = config.proxy_workload_info
+        self.store = StateStore()
+        self.local: set[str] = set()
+        self._unsubscribe = self.store.subscribe(self._on_change)
+        self.self_signed: SelfSignedCa | None = None
+        issuer, roots = self._issuer()
+        self.certificates = CertificateManager(issuer, roots)
+        self.metrics = Metrics()
+        self.access_log = AccessLog()
+        self._ports = frozenset(
+            {config.outbound_port, config.inbound_port, config.inbound_plaintext_port}
+        )
+        self._xds: XdsClient | None = None
+        self._watcher: LocalConfigWatcher | None = None
+        self._inline_loaded = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._draining = False
+        self._listening = False
+        self._relay: SpliceRelay | None = None
+        self._hbone: HboneClient | None = None
+        self._inbound: InboundServer | None = None
+        self._plaintext: InboundPlaintextServer | None = None
+        self._outbound: OutboundProxy | None = None
+        self._stats: MetricsServer | None = None
+        self._admin: HttpServer | None = None
+        self._readiness: HttpServer | None = None
+
+    # -- building -------------------------------------------------------------------------
+
+    def _issuer(self) -> tuple[CertificateIssuer, bytes]:
+        config = self.config
+        validity = datetime.timedelta(seconds=config.secret_ttl)
+        if config.fake_ca:
+            self.self_signed = SelfSignedCa(MeshCA.create(config.cluster_domain), validity)
+            return self.self_signed, self.self_signed.roots_pem
+        assert config.ca_address is not None
+        roots = config.ca_root_cert.read_bytes()
+        token = TokenFile(config.token_file) if config.token_file.exists() else None
+        # Dedicated mode: the token is the workload's own, no impersonation (ca_client.py).
+        client = CaClient(config.ca_address, roots, token, impersonate=False, validity=validity)
+        return client, roots
+
+    def _is_local(self, workload: Workload) -> bool:
+        info = self._info
+        return workload.namespace == info.namespace and info.name in (
+            workload.name,
+            workload.workload_name,
+        )
+
+    def _on_change(self, change: StateChange) -> None:
+        # Subscribed before the inbound server: the set is current when it re-reads the uids.
+        for uid in change.workloads:
+            workload = self.store.workload_by_uid(uid)
+            if workload is not None and self._is_local(workload):
+                self.local.add(uid)
+            else:
+                self.local.discard(uid)
+
+    def _start_config(self) -> None:
+        config = self.config
+        if config.local_xds_path is not None:
+            self._watcher = LocalConfigWatcher(config.local_xds_path, self.store)
+            self._watcher.poll()
+            self._spawn(self._watcher.run())
+        elif config.local_xds is not None:
+            LocalSource(self.store).apply(parse_local_config(config.local_xds, "LOCAL_XDS"))
+            self._inline_loaded = True
+        else:
+            assert config.xds_address is not None
+            roots = config.xds_root_cert.read_bytes()
+            token = token_file(config.token_file) if config.token_file.exists() else None
+            node = NodeIdentity(
+                instance_ip=str(config.instance_ip or ""),
+                pod_name=config.pod_name or "",
+                pod_namespace=config.pod_namespace or "",
+                node_name=config.node_name or "",
+                cluster_id=config.cluster_id,
+            )
+            xds_config = XdsClientConfig(
+                config.xds_address, node, control_plane_tls(roots), token=token
+            )
+            self._xds = XdsClient(xds_config, self.store)
+            self._xds.start()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Opens every endpoint; readiness answers 503 until `ready()`."""
+        config = self.config
+        self._readiness = HttpServer(
+            readiness(self.ready), self._bind, config.readiness_port, "readiness"
+        )
+        await self._readiness.start()
+        self._start_config()
+        self._relay = SpliceRelay()
+        self._hbone = HboneClient()
+        network = config.network
+        self._inbound = InboundServer(
+            _listener(self._bind, config.inbound_port),
+            self.store,
+            self.certificates,
+            self.local,
+            self.metrics,
+            access_log=self.access_log,
+            network=network,
+            proxy_ports=self._ports,
+        )
+        self._plaintext = InboundPlaintextServer(
+            _listener(self._bind, config.inbound_plaintext_port),
+            self.store,
+            self.local,
+            self.metrics,
+            self._relay,
+            access_log=self.access_log,
+            network=network,
+            proxy_ports=self._ports,
+        )
+        proxy_ips = (config.instance_ip,) if config.instance_ip is not None else ()
+        self._outbound = OutboundProxy(
+            _listener(self._bind, config.outbound_port),
+            self.store,
+            self.certificates,
+            self._hbone,
+            self._relay,
+            self.metrics.connections,
+            self.access_log,
+            settings=OutboundSettings(
+                network=network, proxy_ips=proxy_ips, proxy_ports=self._ports
+            ),
+        )
+        self._inbound.start()
+        self._plaintext.start()
+        self._spawn(self._outbound.serve())
+        self._stats = MetricsServer(self.metrics, self._bind, config.stats_port)
+        await self._stats.start()
+        self._admin = HttpServer(
+            AdminEndpoint(self.store, self.certificates, self.stop),
+            ADMIN_ADDRESS,
+            config.admin_port,
+            "admin",
+        )
+        await self._admin.start()
+        self._listening = True
+        log.info(
+            "ztunnel: dedicated proxy for %s/%s, outbound %s, inbound %s, plaintext %s",
+            self._info.namespace,
+            self._info.name,
+            self._outbound.address,
+            self._inbound.address,
+            self._plaintext.address,
+        )
+
+    # -- readiness and drain --------------------------------------------------------------
+
+    def config_ready(self) -> bool:
+        if self._xds is not None:
+            return self._xds.ready.is_set()
+        if self._watcher is not None:
+            return self._watcher.config is not None
+        return self._inline_loaded
+
+    def certificates_ready(self) -> bool:
+        """Every local workload's identity has a certificate (served from the first CONNECT)."""
+        identities = {
+            w.identity for uid in self.local if (w := self.store.workload_by_uid(uid)) is not None
+        }
+        return all(self.certificates.current(i) is not None for i in identities)
+
+    def ready(self) -> bool:
+        return (
+            not self._draining
+            and self._listening
+            and self.config_ready()
+            and self.certificates_ready()
+        )
+
+    def stop(self) -> None:
+        """Starts the drain (SIGTERM, /quitquitquit); `run` returns once it is done."""
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def drain(self) -> None:
+        """503 on readiness, listeners closed, open connections until the deadline, then
+        everything else closed."""
+        self._draining = True
+        deadline = self.config.drain_deadline
+        log.info("ztunnel: draining (deadline %gs)", deadline)
+        closing: list[Coroutine[Any, Any, object]] = []
+        if self._outbound is not None:
+            closing.append(self._outbound.drain(deadline))
+        if self._inbound is not None:
+            closing.append(self._inbound.close(deadline))
+        if self._plaintext is not None:
+            closing.append(self._plaintext.close(deadline))
+        await asyncio.gather(*closing, return_exceptions=True)
+        self._listening = False
+        await self.close()
+
+    async def close(self) -> None:
+        """Stops every task and server (after `drain`, or to abandon a failed start)."""
+        if self._xds is not None:
+            await self._xds.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.certificates.aclose()
+        for server in (self._stats, self._admin, self._readiness):
+            if server is not None:
+                await server.close()
+        if self._hbone is not None:
+            self._hbone.close()
+        if self._relay is not None:
+            self._relay.close()
+        self._unsubscribe()
+        log.info("ztunnel: stopped")
+
+    async def run(self) -> int:
+        """Starts, serves until `stop()` (SIGTERM, /quitquitquit), drains; returns 0."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+        try:
+            await self._stop.wait()
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGTERM)
+            await self.drain()
+        return 0
+
+
+def _configure_logging(config: ZtunnelConfig) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(istio_handler(config.log_format))
+    root.setLevel(logging.INFO)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The `ztunnel` subcommand: config from flags and environment, then serve until drained."""
+    try:
+        config = from_args(args, os.environ)
+        if config.proxy_mode is ProxyMode.SHARED:
+            raise ConfigError(SHARED_MODE_REFUSAL)
+    except ConfigError as e:
+        print(f"ambient-fast ztunnel: {e}", file=sys.stderr)
+        return 2
+    _configure_logging(config)
+    limit = raise_fd_limit()
+    log.info("ztunnel: RLIMIT_NOFILE %d", limit)
+    if config.worker_threads:
+        from ambient_fast import _native
+
+        _native.configure_runtime(config.worker_threads)
+    import uvloop
+
+    try:
+        return uvloop.run(Ztunnel(config).run())
+    except (ConfigError, OSError) as e:
+        log.error("ztunnel: cannot start: %s", e)
+        return 1
