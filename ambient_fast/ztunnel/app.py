@@ -23,6 +23,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from ambient_fast._native import HbonePool
 from ambient_fast.hbone.client import HboneClient
 from ambient_fast.identity import MeshCA
 from ambient_fast.identity.ca_client import (
@@ -49,7 +50,7 @@ from ambient_fast.ztunnel.config import (
 from ambient_fast.ztunnel.inbound import InboundServer
 from ambient_fast.ztunnel.inbound_passthrough import InboundPlaintextServer
 from ambient_fast.ztunnel.outbound import OutboundProxy, OutboundSettings
-from ambient_fast.ztunnel.sockets import listening_socket
+from ambient_fast.ztunnel.sockets import PROXY_MARK, listening_socket, set_mark
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,22 @@ def _listener(host: str | None, port: int) -> socket.socket:
         return listening_socket((ALL_ADDRESSES, port))
     except OSError:
         return listening_socket((FALLBACK_ADDRESS, port))
+
+
+def _pool_mark() -> int | None:
+    """PROXY_MARK for HBONE pool sockets when this process may set marks (CAP_NET_ADMIN);
+    without it ztunnel's redirect rules would capture our own tunnels, so say so loudly."""
+    probe = socket.socket()
+    try:
+        set_mark(probe, PROXY_MARK)
+    except PermissionError:
+        log.warning(
+            "ztunnel: cannot set SO_MARK %#x (no CAP_NET_ADMIN); tunnels are unmarked", PROXY_MARK
+        )
+        return None
+    finally:
+        probe.close()
+    return PROXY_MARK
 
 
 class Ztunnel:
@@ -193,7 +210,7 @@ class Ztunnel:
         await self._readiness.start()
         self._start_config()
         self._relay = SpliceRelay()
-        self._hbone = HboneClient()
+        self._hbone = HboneClient(HbonePool(mark=_pool_mark()))
         network = config.network
         self._inbound = InboundServer(
             _listener(self._bind, config.inbound_port),
