@@ -23,20 +23,17 @@ import termios
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from installed import PACKAGE_ROOT
 from sockets import tcp_pair
 from waits import DEADLINE, wait_until
 
-import ambient_fast
 from ambient_fast._core import SpliceEngine
 from ambient_fast.splice import RelayResult, SpliceRelay
 
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError)
 TCP_CLOSE = 7  # tcpi_state value, include/net/tcp_states.h
-# The subprocess must import the same ambient_fast as this process (installed or in-place).
-PACKAGE_ROOT = Path(ambient_fast.__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

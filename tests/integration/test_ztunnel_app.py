@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from hbone_harness import finish, recv_exactly, recv_to_eof, sendall
+from installed import PACKAGE_ROOT
 from sockets import tcp_pair
 from waits import DEADLINE, wait_until
 
@@ -257,6 +258,7 @@ async def test_the_command_reads_the_environment_and_exits_0_on_sigterm(tmp_path
         "--drain-deadline=1s",
         *flags,
         env=env,
+        cwd=PACKAGE_ROOT,  # import the ambient_fast under test, not the checkout's sources
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
