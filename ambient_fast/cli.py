@@ -130,9 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     perf = sub.add_parser("perf", help="benchmarks with ratios to anchors (source checkout)")
     perf.add_argument(
         "suite",
-        choices=["l4", "python-cpu", "controlplane"],
+        choices=["l4", "python-cpu", "controlplane", "ztunnel"],
         help="l4: throughput/latency vs anchors; python-cpu: interpreter share of proxy CPU;"
-        " controlplane: translate, push latency and memory on a 10k-pod mesh",
+        " controlplane: translate, push latency and memory on a 10k-pod mesh;"
+        " ztunnel: a ztunnel pair between two pod netns vs direct and stunnel (root)",
     )
     perf.add_argument("--duration", type=float, default=5.0, metavar="S")
     perf.add_argument("--json", metavar="FILE")

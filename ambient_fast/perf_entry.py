@@ -37,6 +37,10 @@ def run_perf(args: argparse.Namespace) -> int:
         from perf import controlplane
 
         return controlplane.run(args.json)
+    if args.suite == "ztunnel":
+        from perf import ztunnel_pair
+
+        return ztunnel_pair.run(args.duration, args.json)
     from perf import l4
 
     return l4.run(args.duration, args.json)

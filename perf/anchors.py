@@ -52,15 +52,20 @@ ciphersuites = {_TLS13_SUITES}
 """
 
 
-def stunnel_client_config(listen_port: int, server_port: int, certs: CertFiles) -> str:
+def stunnel_client_config(
+    listen_port: int, server_port: int, certs: CertFiles, server_host: str = "127.0.0.1"
+) -> str:
     """Plaintext in on `listen_port`, TLS out to the stunnel server (presenting a client cert)."""
     return _stunnel_common("perf_client", certs) + (
-        f"client = yes\naccept = 127.0.0.1:{listen_port}\nconnect = 127.0.0.1:{server_port}\n"
+        f"client = yes\naccept = 127.0.0.1:{listen_port}\nconnect = {server_host}:{server_port}\n"
     )
 
 
-def stunnel_server_config(listen_port: int, target_port: int, certs: CertFiles) -> str:
+def stunnel_server_config(
+    listen_port: int, target_port: int, certs: CertFiles, listen_host: str = "127.0.0.1"
+) -> str:
     """TLS in on `listen_port` (client certificate required), plaintext out to the target."""
     return _stunnel_common("perf_server", certs) + (
-        f"requireCert = yes\naccept = 127.0.0.1:{listen_port}\nconnect = 127.0.0.1:{target_port}\n"
+        f"requireCert = yes\naccept = {listen_host}:{listen_port}\n"
+        f"connect = 127.0.0.1:{target_port}\n"
     )

@@ -35,8 +35,8 @@ def whole_seconds(duration: float) -> int:
     return max(1, math.ceil(duration))
 
 
-def iperf3_argv(port: int, streams: int, seconds: int) -> list[str]:
-    return ["-c", "127.0.0.1", "-p", str(port), "-P", str(streams), "-t", str(seconds), "-J"]
+def iperf3_argv(port: int, streams: int, seconds: int, host: str = "127.0.0.1") -> list[str]:
+    return ["-c", host, "-p", str(port), "-P", str(streams), "-t", str(seconds), "-J"]
 
 
 def throughput_gbps(port: int, streams: int, duration: float) -> float:
@@ -66,12 +66,12 @@ def parse_iperf3(stdout: str, stderr: str = "") -> float:
     return bits_per_second / 1e9
 
 
-def sockperf_argv(port: int, seconds: int) -> list[str]:
+def sockperf_argv(port: int, seconds: int, host: str = "127.0.0.1") -> list[str]:
     return [
         "ping-pong",
         "--tcp",
         "-i",
-        "127.0.0.1",
+        host,
         "-p",
         str(port),
         "-m",

@@ -51,16 +51,17 @@ class ManagedProcess:
 
     def wait_listening(self, port: int, deadline_s: float = DEFAULT_LISTEN_DEADLINE_S) -> None:
         deadline = time.monotonic() + deadline_s
-        while not is_listening(port):
+        # The child's own view: it may run in another netns (`ip netns exec` keeps its pid).
+        while not is_listening(port, self.popen.pid):
             code = self.popen.poll()
             if code is not None:
                 raise ProxyStartError(
-                    f"{self.name} exited {code} before listening on 127.0.0.1:{port}",
+                    f"{self.name} exited {code} before listening on port {port}",
                     self.log_tail(),
                 )
             if time.monotonic() > deadline:
                 raise ProxyStartError(
-                    f"{self.name} not listening on 127.0.0.1:{port} after {deadline_s:.0f} s",
+                    f"{self.name} not listening on port {port} after {deadline_s:.0f} s",
                     self.log_tail(),
                 )
             time.sleep(_POLL_S)

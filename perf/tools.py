@@ -113,16 +113,18 @@ def free_port() -> int:
         return port
 
 
-def is_listening(port: int) -> bool:
-    """Whether some socket listens on `port`, read from /proc so no probe connection is made.
+def is_listening(port: int, pid: int | None = None) -> bool:
+    """Whether some socket listens on `port`, read from /proc so no probe connection is made;
+    with `pid`, in that process's network namespace (a child started in another netns).
 
     A probe connect would be relayed to the backend, and iperf3 treats it as a broken test.
     """
     wanted = f":{port:04X}"
-    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+    net = Path(f"/proc/{pid}/net") if pid is not None else Path("/proc/net")
+    for table in (net / "tcp", net / "tcp6"):
         try:
             lines = table.read_text().splitlines()[1:]
-        except FileNotFoundError:
+        except OSError:  # gone, or a zombie child whose namespace went with it
             continue
         for line in lines:
             fields = line.split()

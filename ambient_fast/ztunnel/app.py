@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 ALL_ADDRESSES = "::"
 FALLBACK_ADDRESS = "0.0.0.0"
 ADMIN_ADDRESS = "127.0.0.1"  # ztunnel's admin listens on localhost only
+ROOT_CERT_FILE = "root-cert.pem"  # FAKE_CA_ROOT's files, as `ambient-fast certs` names them
+ROOT_KEY_FILE = "root-key.pem"
 SHARED_MODE_REFUSAL = (
     "PROXY_MODE=shared (in-pod, ZDS) is not implemented yet; run with PROXY_MODE=dedicated "
     "and PROXY_WORKLOAD_INFO=<namespace>/<name>/<service account>"
@@ -145,7 +147,15 @@ class Ztunnel:
         config = self.config
         validity = datetime.timedelta(seconds=config.secret_ttl)
         if config.fake_ca:
-            self.self_signed = SelfSignedCa(MeshCA.create(config.cluster_domain), validity)
+            if config.fake_ca_root is not None:
+                # A root shared by several standalone proxies (`ambient-fast certs` writes it).
+                self.self_signed = SelfSignedCa.load(
+                    config.fake_ca_root / ROOT_CERT_FILE,
+                    config.fake_ca_root / ROOT_KEY_FILE,
+                    validity,
+                )
+            else:
+                self.self_signed = SelfSignedCa(MeshCA.create(config.cluster_domain), validity)
             return self.self_signed, self.self_signed.roots_pem
         assert config.ca_address is not None
         roots = config.ca_root_cert.read_bytes()

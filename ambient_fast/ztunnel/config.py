@@ -108,6 +108,7 @@ SETTINGS = (
     Setting("ca_root_cert", "CA_ROOT_CA", Path, "roots trusted for CA TLS"),
     Setting("token_file", None, Path, "bearer token sent to xDS and CA"),
     Setting("fake_ca", "FAKE_CA", _bool, "sign workload certificates locally (standalone)"),
+    Setting("fake_ca_root", "FAKE_CA_ROOT", Path, "FAKE_CA's root: dir with root-cert/key.pem"),
     Setting("local_xds_path", "LOCAL_XDS_PATH", Path, "ztunnel-format YAML instead of xDS"),
     Setting("local_xds", "LOCAL_XDS", str, "ztunnel-format YAML inline"),
     Setting("xds_on_demand", "XDS_ON_DEMAND", _bool, "subscribe to addresses on demand"),
@@ -137,6 +138,7 @@ class ZtunnelConfig:
     ca_root_cert: Path = Path(DEFAULT_ROOT_CERT)
     token_file: Path = Path(DEFAULT_TOKEN)
     fake_ca: bool = False
+    fake_ca_root: Path | None = None  # None: a fresh root per process (no peer trusts it)
     local_xds_path: Path | None = None
     local_xds: str | None = None
     xds_on_demand: bool = False
@@ -196,6 +198,8 @@ class ZtunnelConfig:
     def validate(self) -> None:
         if self.proxy_mode is ProxyMode.DEDICATED and self.proxy_workload_info is None:
             raise ConfigError("PROXY_MODE=dedicated needs PROXY_WORKLOAD_INFO=ns/name/sa")
+        if self.fake_ca_root is not None and not self.fake_ca:
+            raise ConfigError("FAKE_CA_ROOT needs FAKE_CA=true")
         if self.local_xds_path is not None and self.local_xds is not None:
             raise ConfigError("LOCAL_XDS_PATH and LOCAL_XDS are exclusive")
         ports = [getattr(self, name) for name in PORTS]

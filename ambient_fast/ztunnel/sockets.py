@@ -65,11 +65,17 @@ def set_stream_options(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
 
 
+def _v4_mapped(host: str) -> bool:
+    return host.lower().startswith("::ffff:") and "." in host
+
+
 def original_destination(sock: socket.socket) -> Address:
     """Where an accepted connection was going: SO_ORIGINAL_DST after a nat REDIRECT, else the
     local address (a TPROXY'd socket, or one that was not redirected at all)."""
     try:
-        if sock.family == socket.AF_INET6:
+        # A dual-stack listener's IPv4 client has a v4-mapped address and an IPv4 conntrack
+        # entry, which only SOL_IP finds (ztunnel's socket.rs tries the same on [::]).
+        if sock.family == socket.AF_INET6 and not _v4_mapped(sock.getsockname()[0]):
             raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
             port = struct.unpack_from("!H", raw, 2)[0]
             ip = ipaddress.IPv6Address(raw[8:24])

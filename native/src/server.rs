@@ -117,6 +117,10 @@ pub async fn serve(
     info!("hbone server {local:?}: stopped accepting");
 }
 
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 async fn serve_connection(
     sock: TcpStream,
     peer: SocketAddr,
@@ -125,6 +129,9 @@ async fn serve_connection(
 ) {
     tune_socket(&sock);
     let Ok(local) = sock.local_addr() else { return };
+    // A dual-stack [::] listener sees IPv4 peers as ::ffff:a.b.c.d; certificates, the store
+    // and policies know them as a.b.c.d.
+    let (peer, local) = (canonical(peer), canonical(local));
     let Some(config) = ctx.certs.select(local.ip()) else {
         warn!(
             "hbone: connection from {peer} to {local}: no certificate for {}",

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ambient_fast.identity import MeshCA
 from ambient_fast.ztunnel import ConfigError, ProxyMode, ZtunnelConfig
+from ambient_fast.ztunnel.app import Ztunnel
 from ambient_fast.ztunnel.config import LogFormat, WorkloadInfo, add_arguments, from_args
 from ambient_fast.ztunnel.durations import parse_duration
 
@@ -66,6 +68,27 @@ def test_environment_is_read_and_flags_win() -> None:
 
 def test_fake_ca_means_no_ca_address() -> None:
     assert load({"FAKE_CA": "true", "CA_ADDRESS": "ca:15012"}).ca_address is None
+
+
+def test_two_fake_ca_proxies_given_one_root_sign_under_it(tmp_path: Path) -> None:
+    ca = MeshCA.create()
+    (tmp_path / "root-cert.pem").write_bytes(ca.root_pem)
+    (tmp_path / "root-key.pem").write_bytes(ca.key_pem)
+    env = {"PROXY_MODE": "dedicated", "FAKE_CA": "true", "FAKE_CA_ROOT": str(tmp_path)}
+    client = load({**env, "PROXY_WORKLOAD_INFO": "perf/client/client"})
+    server = load(env, "--proxy-workload-info", "perf/server/server")
+    assert client.fake_ca_root == server.fake_ca_root == tmp_path
+    signers = [Ztunnel(c).self_signed for c in (client, server)]
+    assert [s.roots_pem if s else None for s in signers] == [ca.root_pem, ca.root_pem]
+    # Without a root each proxy makes its own, which no other proxy trusts.
+    alone = load({"PROXY_MODE": "dedicated", "FAKE_CA": "true", "PROXY_WORKLOAD_INFO": "a/b/c"})
+    own = Ztunnel(alone).self_signed
+    assert own is not None and own.roots_pem != ca.root_pem
+
+
+def test_fake_ca_root_without_fake_ca_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="FAKE_CA_ROOT needs FAKE_CA=true"):
+        load({"FAKE_CA_ROOT": str(tmp_path)})
 
 
 @pytest.mark.parametrize(
