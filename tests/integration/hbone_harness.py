@@ -248,9 +248,9 @@ async def loopback(
 
 
 @contextlib.asynccontextmanager
-async def echo_backend() -> AsyncIterator[tuple[str, int]]:
+async def echo_backend(host: str = "127.0.0.1") -> AsyncIterator[tuple[str, int]]:
     """A plaintext echo server; each connection echoes until EOF, then half-closes."""
-    listener = listening_socket()
+    listener = listening_socket(host)
     loop = asyncio.get_running_loop()
     echoes: set[asyncio.Task[None]] = set()
 

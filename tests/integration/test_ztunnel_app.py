@@ -7,7 +7,6 @@ sockets and binds the client's IP (IP_TRANSPARENT)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -15,11 +14,10 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from hbone_harness import finish, recv_exactly, recv_to_eof, sendall
+from hbone_harness import echo_backend, finish, recv_exactly, recv_to_eof, sendall
 from installed import PACKAGE_ROOT
 from sockets import tcp_pair
 from waits import DEADLINE, wait_until
@@ -65,38 +63,6 @@ async def status_of(port: int, target: str) -> int | None:
         return (await http(port, "GET", target))[0]
     except OSError:
         return None
-
-
-@contextlib.asynccontextmanager
-async def echo_server() -> AsyncIterator[int]:
-    listener = socket.create_server((LOCAL_IP, 0))
-    listener.setblocking(False)
-    loop = asyncio.get_running_loop()
-    echoes: set[asyncio.Task[None]] = set()
-
-    async def echo(sock: socket.socket) -> None:
-        with sock:
-            while data := await loop.sock_recv(sock, 65536):
-                await loop.sock_sendall(sock, data)
-            sock.shutdown(socket.SHUT_WR)
-
-    async def accept() -> None:
-        while True:
-            sock, _ = await loop.sock_accept(listener)
-            sock.setblocking(False)
-            task = asyncio.create_task(echo(sock))
-            echoes.add(task)
-            task.add_done_callback(echoes.discard)
-
-    accepting = asyncio.create_task(accept())
-    try:
-        yield int(listener.getsockname()[1])
-    finally:
-        accepting.cancel()
-        for task in list(echoes):
-            task.cancel()
-        await asyncio.gather(accepting, *echoes, return_exceptions=True)
-        listener.close()
 
 
 def config_args(local_xds: Path) -> list[str]:
@@ -157,7 +123,7 @@ async def test_the_proxy_serves_drains_and_exits(tmp_path: Path) -> None:
         assert app.self_signed is not None
         ca = app.self_signed.ca
         issued = ca.issue(CLIENT_ID)
-        async with echo_server() as echo_port:
+        async with echo_backend(LOCAL_IP) as (_, echo_port):
             route = HboneRoute(
                 f"{LOCAL_IP}:{config.inbound_port}",
                 TlsIdentity(issued.chain_pem, issued.key_pem, ca.root_pem),
