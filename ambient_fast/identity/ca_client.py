@@ -10,7 +10,6 @@ as ztunnel does (src/identity/caclient.rs): TLS trusting the mesh root, `authori
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable
@@ -28,15 +27,14 @@ from h2.exceptions import H2Error
 
 from ambient_fast.identity.ca import DEFAULT_WORKLOAD_TTL, MeshCA
 from ambient_fast.identity.spiffe import Identity
+from ambient_fast.xds.client import server_name_for
 from ambient_fast.xds.proto.citadel_grpc import IstioCertificateServiceStub
 from ambient_fast.xds.proto.citadel_pb2 import IstioCertificateRequest
 
 log = logging.getLogger(__name__)
 
-# Istio's CA port and the names istiod's serving certificate carries (CA_ADDRESS default
-# istiod.istio-system.svc:15012).
+# Istio's CA port (CA_ADDRESS default istiod.istio-system.svc:15012).
 DEFAULT_CA_PORT = 15012
-DEFAULT_ISTIOD_NAME = "istiod.istio-system.svc"
 # The metadata key asking for a workload's identity (ztunnel src/identity/caclient.rs).
 IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 # One CreateCertificate call, connection and TLS included (our choice: ztunnel's 10 s connect
@@ -111,14 +109,6 @@ def parse_ca_address(address: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 class CaClient:
     """istiod's CreateCertificate over one grpclib channel (reconnected on demand).
 
@@ -141,9 +131,7 @@ class CaClient:
         timeout: float = DEFAULT_CA_TIMEOUT,
     ) -> None:
         self.host, self.port = parse_ca_address(address)
-        if server_name is None:
-            server_name = DEFAULT_ISTIOD_NAME if _is_ip(self.host) else self.host
-        self.server_name = server_name
+        self.server_name = server_name_for(self.host, server_name)
         self._tls = ssl.create_default_context(cadata=roots_pem.decode())
         self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self._tls.set_alpn_protocols(["h2"])

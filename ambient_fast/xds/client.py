@@ -11,6 +11,7 @@ known state) and the client reconnects after a backoff of 10 ms doubling to 15 s
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -83,6 +84,19 @@ def control_plane_tls(roots_pem: bytes | str) -> ssl.SSLContext:
     return context
 
 
+def server_name_for(host: str, override: str | None) -> str:
+    """The name the control plane's certificate must carry: the override (ztunnel's
+    ALT_XDS_HOSTNAME / ALT_CA_HOSTNAME), else the host dialled, else for an IP address
+    istiod's service name (istiod's certificate has no IP SANs)."""
+    if override:
+        return override
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return DEFAULT_XDS_HOST
+
+
 def parse_address(address: str) -> tuple[str, int]:
     """XDS_ADDRESS as ztunnel takes it ("https://istiod.istio-system.svc:15012") or host:port."""
     parts = urlsplit(address if "://" in address else f"//{address}")
@@ -103,7 +117,7 @@ class XdsClientConfig:
     node: NodeIdentity
     # None: plaintext (debugging only, as the control plane's --plaintext).
     tls: ssl.SSLContext | None
-    # The name the server certificate must carry; default: the host of `address`.
+    # The name the server certificate must carry; default: `server_name_for` the host.
     server_name: str | None = None
     token: TokenSource | None = None
     types: Mapping[str, type[Message]] = field(default_factory=lambda: dict(ZTUNNEL_TYPES))
@@ -217,7 +231,7 @@ class XdsClient:
             _keepalive_timeout=KEEPALIVE_TIMEOUT,
             _http2_max_pings_without_data=0,
             _http2_min_sent_ping_interval_without_data=KEEPALIVE_INTERVAL,
-            ssl_target_name_override=self._config.server_name,
+            ssl_target_name_override=server_name_for(self._host, self._config.server_name),
         )
         return Channel(self._host, self._port, ssl=self._config.tls, config=config)
 

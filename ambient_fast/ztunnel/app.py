@@ -161,7 +161,10 @@ class Ztunnel:
         roots = config.ca_root_cert.read_bytes()
         token = TokenFile(config.token_file) if config.token_file.exists() else None
         # Dedicated mode: the token is the workload's own, no impersonation (ca_client.py).
-        client = CaClient(config.ca_address, roots, token, impersonate=False, validity=validity)
+        client = CaClient(
+            config.ca_address, roots, token, impersonate=False, validity=validity,
+            server_name=config.alt_ca_hostname,
+        )  # fmt: skip
         return client, roots
 
     def _is_local(self, workload: Workload) -> bool:
@@ -201,8 +204,9 @@ class Ztunnel:
                 cluster_id=config.cluster_id,
             )
             xds_config = XdsClientConfig(
-                config.xds_address, node, control_plane_tls(roots), token=token
-            )
+                config.xds_address, node, control_plane_tls(roots), token=token,
+                server_name=config.alt_xds_hostname,
+            )  # fmt: skip
             self._xds = XdsClient(xds_config, self.store)
             self._xds.start()
 

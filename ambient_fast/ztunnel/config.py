@@ -106,7 +106,9 @@ SETTINGS = (
     Setting("ca_address", "CA_ADDRESS", _address, "certificate authority"),
     Setting("xds_root_cert", "XDS_ROOT_CA", Path, "roots trusted for xDS TLS"),
     Setting("ca_root_cert", "CA_ROOT_CA", Path, "roots trusted for CA TLS"),
-    Setting("token_file", None, Path, "bearer token sent to xDS and CA"),
+    Setting("alt_xds_hostname", "ALT_XDS_HOSTNAME", str, "name the xDS certificate must carry"),
+    Setting("alt_ca_hostname", "ALT_CA_HOSTNAME", str, "name the CA certificate must carry"),
+    Setting("token_file", "AUTH_TOKEN", Path, "bearer token sent to xDS and CA"),
     Setting("fake_ca", "FAKE_CA", _bool, "sign workload certificates locally (standalone)"),
     Setting("fake_ca_root", "FAKE_CA_ROOT", Path, "FAKE_CA's root: dir with root-cert/key.pem"),
     Setting("local_xds_path", "LOCAL_XDS_PATH", Path, "ztunnel-format YAML instead of xDS"),
@@ -136,6 +138,10 @@ class ZtunnelConfig:
     ca_address: str | None = None
     xds_root_cert: Path = Path(DEFAULT_ROOT_CERT)
     ca_root_cert: Path = Path(DEFAULT_ROOT_CERT)
+    # ztunnel's ALT_*_HOSTNAME: verify the server by this name, not the address's host (None:
+    # the host; for an IP address, istiod's service name).
+    alt_xds_hostname: str | None = None
+    alt_ca_hostname: str | None = None
     token_file: Path = Path(DEFAULT_TOKEN)
     fake_ca: bool = False
     fake_ca_root: Path | None = None  # None: a fresh root per process (no peer trusts it)

@@ -12,7 +12,6 @@ from grpclib.const import Status
 
 from ambient_fast.identity import Identity, MeshCA
 from ambient_fast.identity.ca_client import (
-    DEFAULT_ISTIOD_NAME,
     CaClient,
     CaRefused,
     SelfSignedCa,
@@ -22,6 +21,7 @@ from ambient_fast.identity.ca_client import (
 from ambient_fast.identity.csr import new_csr
 from ambient_fast.identity.files import write_demo_certificates
 from ambient_fast.identity.manager import CertificateManager
+from ambient_fast.xds.client import DEFAULT_XDS_HOST
 
 SLEEP = Identity.of("apps", "sleep")
 HTTPBIN = Identity.of("apps", "httpbin")
@@ -107,7 +107,7 @@ def test_bad_ca_addresses_name_the_input(address: str) -> None:
 
 def test_ca_client_verifies_istiod_by_name_when_dialled_by_address() -> None:
     roots = MeshCA.create().root_pem
-    assert CaClient("10.96.0.10:15012", roots, None).server_name == DEFAULT_ISTIOD_NAME
+    assert CaClient("10.96.0.10:15012", roots, None).server_name == DEFAULT_XDS_HOST
     assert CaClient("istiod.example:15012", roots, None).server_name == "istiod.example"
     named = CaClient("127.0.0.1:15012", roots, None, server_name="localhost")
     assert str(named) == "127.0.0.1:15012 (localhost)"
