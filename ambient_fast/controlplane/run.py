@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import logging
 import signal
 from pathlib import Path
 
 import uvloop
 
-from ambient_fast.controlplane.ca import Authority, AuthorityError, TokenStoreError
+from ambient_fast.controlplane.ca import Authority, AuthorityError, TokenStoreError, ValidityBounds
+from ambient_fast.controlplane.ca.authority import DEFAULT_MIN_LIFETIME
 from ambient_fast.controlplane.ca.tokens import TOKEN_DIRECTORY
 from ambient_fast.controlplane.commands import add_model_arguments, options_of
 from ambient_fast.controlplane.model import LoadReport, Mesh, ModelWatcher, Topology
@@ -33,6 +35,7 @@ from ambient_fast.xds.resources import (
     ResourceStore,
 )
 from ambient_fast.xds.server import XdsServer
+from ambient_fast.ztunnel.durations import parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_STATE_DIR,
         metavar="DIR",
         help="mesh root, node tokens, serving certificate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-cert-lifetime",
+        type=parse_duration,
+        default=DEFAULT_MIN_LIFETIME.total_seconds(),
+        metavar="DURATION",
+        help="shortest workload certificate the CA issues, e.g. 10s for rotation tests "
+        "(default: 10m)",
     )
     parser.add_argument(
         "--cacerts",
@@ -113,7 +124,10 @@ async def serve(args: argparse.Namespace) -> None:
         authority = Authority.plug_in(args.cacerts)
     else:
         authority = Authority.self_signed(args.state_dir, args.trust_domain)
-    ca = CertificateAuthority(authority, args.state_dir, args.trust_domain)
+    minimum = datetime.timedelta(seconds=args.min_cert_lifetime)
+    ca = CertificateAuthority(
+        authority, args.state_dir, args.trust_domain, ValidityBounds(minimum=minimum)
+    )
     plane = ControlPlane(watcher, options_of(args), ca)
     watcher.poll()
     tls = None if args.plaintext else serving_context(authority, args.state_dir, args.trust_domain)

@@ -16,6 +16,7 @@ from ambient_fast.controlplane.ca import (
     MeshNodeDirectory,
     NodeAuthorizer,
     NodeTokens,
+    ValidityBounds,
     node_proxy_identity,
 )
 from ambient_fast.controlplane.model import Mesh
@@ -58,11 +59,19 @@ def serving_context(authority: Authority, state_dir: Path, trust_domain: str) ->
 class CertificateAuthority:
     """The CA as the control plane runs it: node tokens per topology node, pods from the model."""
 
-    def __init__(self, authority: Authority, state_dir: Path, trust_domain: str) -> None:
+    def __init__(
+        self,
+        authority: Authority,
+        state_dir: Path,
+        trust_domain: str,
+        validity: ValidityBounds | None = None,
+    ) -> None:
         self.tokens = NodeTokens.open(state_dir)
         self.directory = MeshNodeDirectory(trust_domain)
         self.trust_domain = trust_domain
-        self.service = CertificateService(authority, self.tokens, NodeAuthorizer(self.directory))
+        self.service = CertificateService(
+            authority, self.tokens, NodeAuthorizer(self.directory), validity
+        )
 
     def follow(self, mesh: Mesh) -> None:
         """Called with every published Mesh: which pods run where, and a token per node."""
