@@ -99,6 +99,14 @@ class _ClientStream:
                 raise self._refuse(f"malformed DeltaDiscoveryRequest: {e}") from e
             if request is None:
                 return  # the client closed its side
+            if request.initial_resource_versions and not request.response_nonce:
+                log.info(
+                    "xds: stream resumed peer=%s node=%s type=%s: %d initial_resource_versions",
+                    self.peer,
+                    request.node.id or self.delta.node_id or "-",
+                    request.type_url,
+                    len(request.initial_resource_versions),
+                )
             try:
                 step = self.delta.receive(request)
             except DeltaProtocolError as e:
