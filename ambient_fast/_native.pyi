@@ -102,9 +102,12 @@ class HbonePool:
         idle_timeout: float = 300.0,
         connect_timeout: float = 10.0,
         mark: int | None = None,
+        netns: int | None = None,
     ) -> None:
         """`mark`: SO_MARK on every pool socket (ztunnel 0x539: redirect rules skip it).
-        A route's source_ip is bound with IP_TRANSPARENT (a pod's address, in-pod mode)."""
+        `netns`: an open network namespace fd (duplicated) in which every pool socket is
+        created, so a pod's tunnels leave from the pod (in-pod mode); ValueError if unusable.
+        A route's source_ip is bound with IP_TRANSPARENT (an address not the proxy's own)."""
     def connect(
         self,
         reactor: Reactor,

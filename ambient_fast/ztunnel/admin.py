@@ -300,13 +300,21 @@ def certificate_dump(manager: CertificateManager) -> list[dict[str, Any]]:
     return dumps
 
 
-def config_dump(store: StateStore, manager: CertificateManager) -> dict[str, Any]:
-    return {
+def config_dump(
+    store: StateStore,
+    manager: CertificateManager,
+    workload_state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`workload_state`: in-pod mode's pods (ztunnel's `workloadState`: uid -> state, info)."""
+    dump: dict[str, Any] = {
         "workloads": [workload_dump(w) for w in store.workloads()],
         "services": [service_dump(store, s) for s in store.services()],
         "policies": policy_dump(store),
         "certificates": certificate_dump(manager),
     }
+    if workload_state is not None:
+        dump["workloadState"] = workload_state
+    return dump
 
 
 # -- /logging --------------------------------------------------------------------------------
@@ -344,19 +352,27 @@ def set_logging_levels(spec: str) -> None:
 
 
 class AdminEndpoint:
-    """The admin paths over the store, the certificates and a `quit` callback (sans-IO)."""
+    """The admin paths over the store, the certificates, a `quit` callback and, in in-pod mode,
+    the pods' state (sans-IO)."""
 
     def __init__(
-        self, store: StateStore, manager: CertificateManager, quit: Callable[[], None]
+        self,
+        store: StateStore,
+        manager: CertificateManager,
+        quit: Callable[[], None],
+        workload_state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._store = store
         self._manager = manager
         self._quit = quit
+        self._workload_state = workload_state
 
     def __call__(self, request: Request) -> Reply:
         path = request.path
         if path == "/config_dump":
-            body = orjson.dumps(config_dump(self._store, self._manager), option=orjson.OPT_INDENT_2)
+            pods = self._workload_state() if self._workload_state is not None else None
+            dump = config_dump(self._store, self._manager, pods)
+            body = orjson.dumps(dump, option=orjson.OPT_INDENT_2)
             return Reply(200, body, "application/json")
         if path == "/logging":
             if request.method == "POST":

@@ -1,11 +1,14 @@
 """`ambient-fast ztunnel`: builds the node proxy from a `ZtunnelConfig`, starts it, drains it.
 
 `Ztunnel` wires the state (xDS client, or LOCAL_XDS_PATH / LOCAL_XDS), the certificate manager
-(CA_ADDRESS, or FAKE_CA's self-signed root), the three listeners (outbound 15001, inbound HBONE
-15008, inbound plaintext 15006), metrics on 15020, admin on localhost:15000 and readiness on
-15021. Ready = config received, listeners up, and each local workload's certificate in hand.
-SIGTERM or POST /quitquitquit: readiness goes 503, listeners close, open connections get the
-drain deadline, then the process exits 0. Dedicated mode only; shared (in-pod) is refused.
+(CA_ADDRESS, or FAKE_CA's self-signed root), the proxies' three listeners (outbound 15001,
+inbound HBONE 15008, inbound plaintext 15006), metrics on 15020, admin on localhost:15000 and
+readiness on 15021. PROXY_MODE=dedicated: one proxy on the node's sockets for
+PROXY_WORKLOAD_INFO; ready = config received, listeners up, the workload's certificate in hand.
+PROXY_MODE=shared (Istio's default): a proxy per pod the CNI node agent hands over on INPOD_UDS,
+inside the pod's netns (`inpod.py`); ready = config received and the agent's snapshot in, as
+ztunnel (no pod needed; not while the agent is away). SIGTERM or POST /quitquitquit: readiness
+goes 503, listeners close, open connections get the drain deadline, then the process exits 0.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ambient_fast._native import HbonePool
@@ -47,23 +50,21 @@ from ambient_fast.ztunnel.config import (
     ZtunnelConfig,
     from_args,
 )
-from ambient_fast.ztunnel.inbound import InboundServer
-from ambient_fast.ztunnel.inbound_passthrough import InboundPlaintextServer
-from ambient_fast.ztunnel.outbound import OutboundProxy, OutboundSettings
-from ambient_fast.ztunnel.sockets import PROXY_MARK, listening_socket, set_mark
+from ambient_fast.ztunnel.inpod import InPodProxies, ZdsClient
+from ambient_fast.ztunnel.pod_netns import NetnsThread
+from ambient_fast.ztunnel.proxy import ProxyContext, ProxySockets, WorkloadProxy
+from ambient_fast.ztunnel.sockets import (
+    PROXY_MARK,
+    UpstreamDialer,
+    listening_socket_everywhere,
+    set_mark,
+)
 
 log = logging.getLogger(__name__)
 
-# Every address, both families (ztunnel binds [::]); 0.0.0.0 where IPv6 is off.
-ALL_ADDRESSES = "::"
-FALLBACK_ADDRESS = "0.0.0.0"
 ADMIN_ADDRESS = "127.0.0.1"  # ztunnel's admin listens on localhost only
 ROOT_CERT_FILE = "root-cert.pem"  # FAKE_CA_ROOT's files, as `ambient-fast certs` names them
 ROOT_KEY_FILE = "root-key.pem"
-SHARED_MODE_REFUSAL = (
-    "PROXY_MODE=shared (in-pod, ZDS) is not implemented yet; run with PROXY_MODE=dedicated "
-    "and PROXY_WORKLOAD_INFO=<namespace>/<name>/<service account>"
-)
 
 
 def raise_fd_limit() -> int:
@@ -76,15 +77,6 @@ def raise_fd_limit() -> int:
             log.warning("ztunnel: cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, e)
             return soft
     return hard
-
-
-def _listener(host: str | None, port: int) -> socket.socket:
-    if host is not None:
-        return listening_socket((host, port))
-    try:
-        return listening_socket((ALL_ADDRESSES, port))
-    except OSError:
-        return listening_socket((FALLBACK_ADDRESS, port))
 
 
 def _pool_mark() -> int | None:
@@ -104,23 +96,23 @@ def _pool_mark() -> int | None:
 
 
 class Ztunnel:
-    """One node proxy in dedicated mode. `bind` replaces "every address" for the listeners
-    (tests bind loopback); the admin endpoint is always on localhost."""
+    """One node proxy. `bind` replaces "every address" for the node's listeners (tests bind
+    loopback); the admin endpoint is always on localhost."""
 
     def __init__(self, config: ZtunnelConfig, *, bind: str | None = None) -> None:
-        if config.proxy_mode is ProxyMode.SHARED:
-            raise ConfigError(SHARED_MODE_REFUSAL)
-        assert config.proxy_workload_info is not None  # validate() demands it for dedicated
         self.config = config
         self._bind = bind
-        self._info = config.proxy_workload_info
+        self.shared = config.proxy_mode is ProxyMode.SHARED
+        self._info = config.proxy_workload_info  # dedicated: validate() demands it
         self.store = StateStore()
-        self.local: set[str] = set()
-        self._unsubscribe = self.store.subscribe(self._on_change)
+        self.local: set[str] = set()  # dedicated: the workload's uids
+        self._unsubscribe: Callable[[], None] = (
+            (lambda: None) if self.shared else self.store.subscribe(self._on_change)
+        )
         self.self_signed: SelfSignedCa | None = None
         issuer, roots = self._issuer()
         self.certificates = CertificateManager(issuer, roots)
-        self.metrics = Metrics()
+        self.metrics = Metrics(in_pod=self.shared)
         self.access_log = AccessLog()
         self._ports = frozenset(
             {config.outbound_port, config.inbound_port, config.inbound_plaintext_port}
@@ -133,10 +125,11 @@ class Ztunnel:
         self._draining = False
         self._listening = False
         self._relay: SpliceRelay | None = None
-        self._hbone: HboneClient | None = None
-        self._inbound: InboundServer | None = None
-        self._plaintext: InboundPlaintextServer | None = None
-        self._outbound: OutboundProxy | None = None
+        self._proxy: WorkloadProxy | None = None  # dedicated
+        self._netns_thread: NetnsThread | None = None  # shared
+        self.pods: InPodProxies | None = None
+        self.zds: ZdsClient | None = None
+        self._zds_task: asyncio.Task[None] | None = None
         self._stats: MetricsServer | None = None
         self._admin: HttpServer | None = None
         self._readiness: HttpServer | None = None
@@ -160,15 +153,17 @@ class Ztunnel:
         assert config.ca_address is not None
         roots = config.ca_root_cert.read_bytes()
         token = TokenFile(config.token_file) if config.token_file.exists() else None
-        # Dedicated mode: the token is the workload's own, no impersonation (ca_client.py).
+        # Shared mode asks for each pod's identity with the node's token (ImpersonatedIdentity);
+        # dedicated mode's token is the workload's own (ca_client.py).
         client = CaClient(
-            config.ca_address, roots, token, impersonate=False, validity=validity,
+            config.ca_address, roots, token, impersonate=self.shared, validity=validity,
             server_name=config.alt_ca_hostname,
         )  # fmt: skip
         return client, roots
 
     def _is_local(self, workload: Workload) -> bool:
         info = self._info
+        assert info is not None  # subscribed in dedicated mode only
         return workload.namespace == info.namespace and info.name in (
             workload.name,
             workload.workload_name,
@@ -224,62 +219,77 @@ class Ztunnel:
         await self._readiness.start()
         self._start_config()
         self._relay = SpliceRelay()
-        self._hbone = HboneClient(HbonePool(mark=_pool_mark()))
-        network = config.network
-        self._inbound = InboundServer(
-            _listener(self._bind, config.inbound_port),
+        context = ProxyContext(
             self.store,
             self.certificates,
-            self.local,
             self.metrics,
-            access_log=self.access_log,
-            network=network,
-            proxy_ports=self._ports,
-        )
-        self._plaintext = InboundPlaintextServer(
-            _listener(self._bind, config.inbound_plaintext_port),
-            self.store,
-            self.local,
-            self.metrics,
-            self._relay,
-            access_log=self.access_log,
-            network=network,
-            proxy_ports=self._ports,
-        )
-        proxy_ips = (config.instance_ip,) if config.instance_ip is not None else ()
-        self._outbound = OutboundProxy(
-            _listener(self._bind, config.outbound_port),
-            self.store,
-            self.certificates,
-            self._hbone,
-            self._relay,
-            self.metrics.connections,
             self.access_log,
-            settings=OutboundSettings(
-                network=network, proxy_ips=proxy_ips, proxy_ports=self._ports
-            ),
+            self._relay,
+            config.network,
+            self._ports,
         )
-        self._inbound.start()
-        self._plaintext.start()
-        self._spawn(self._outbound.serve())
+        if self.shared:
+            await self._start_shared(context)
+        else:
+            self._start_dedicated(context)
         self._stats = MetricsServer(self.metrics, self._bind, config.stats_port)
         await self._stats.start()
+        workload_state = self.pods.workload_state if self.pods is not None else None
         self._admin = HttpServer(
-            AdminEndpoint(self.store, self.certificates, self.stop),
+            AdminEndpoint(self.store, self.certificates, self.stop, workload_state),
             ADMIN_ADDRESS,
             config.admin_port,
             "admin",
         )
         await self._admin.start()
         self._listening = True
+
+    def _start_dedicated(self, context: ProxyContext) -> None:
+        config, bind = self.config, self._bind
+        opened: list[socket.socket] = []
+        try:
+            for port in (config.outbound_port, config.inbound_port, config.inbound_plaintext_port):
+                opened.append(listening_socket_everywhere(port, bind))
+        except BaseException:
+            for listener in opened:
+                listener.close()
+            raise
+        outbound, inbound, plaintext = opened
+        sockets = ProxySockets(
+            outbound=outbound,
+            inbound=inbound,
+            plaintext=plaintext,
+            hbone=HboneClient(HbonePool(mark=_pool_mark())),
+            inbound_dialer=UpstreamDialer(),
+            outbound_dialer=UpstreamDialer(transparent=False),
+        )
+        proxy_ips = (config.instance_ip,) if config.instance_ip is not None else ()
+        self._proxy = WorkloadProxy(context, sockets, self.local, proxy_ips=proxy_ips)
+        self._proxy.start()
+        assert self._info is not None
         log.info(
             "ztunnel: dedicated proxy for %s/%s, outbound %s, inbound %s, plaintext %s",
             self._info.namespace,
             self._info.name,
-            self._outbound.address,
-            self._inbound.address,
-            self._plaintext.address,
+            self._proxy.outbound.address,
+            self._proxy.inbound.address,
+            self._proxy.plaintext.address,
         )
+
+    async def _start_shared(self, context: ProxyContext) -> None:
+        config = self.config
+        self._netns_thread = NetnsThread()
+        try:
+            await self._netns_thread.check_capable()
+        except PermissionError as e:
+            raise PermissionError(
+                e.errno, f"in-pod mode needs CAP_SYS_ADMIN (setns) and CAP_NET_ADMIN: {e}"
+            ) from e
+        ports = (config.outbound_port, config.inbound_port, config.inbound_plaintext_port)
+        self.pods = InPodProxies(context, ports, self._netns_thread, self.metrics.workload_manager)
+        self.zds = ZdsClient(config.inpod_uds, self.pods)
+        self._zds_task = asyncio.ensure_future(self.zds.run())
+        log.info("ztunnel: in-pod mode, pods from the node agent at %s", config.inpod_uds)
 
     # -- readiness and drain --------------------------------------------------------------
 
@@ -298,12 +308,11 @@ class Ztunnel:
         return all(self.certificates.current(i) is not None for i in identities)
 
     def ready(self) -> bool:
-        return (
-            not self._draining
-            and self._listening
-            and self.config_ready()
-            and self.certificates_ready()
-        )
+        if self._draining or not self._listening or not self.config_ready():
+            return False
+        if self.zds is not None:
+            return self.zds.ready
+        return self.certificates_ready()
 
     def stop(self) -> None:
         """Starts the drain (SIGTERM, /quitquitquit); `run` returns once it is done."""
@@ -318,16 +327,19 @@ class Ztunnel:
         self._draining = True
         deadline = self.config.drain_deadline
         log.info("ztunnel: draining (deadline %gs)", deadline)
-        closing: list[Coroutine[Any, Any, object]] = []
-        if self._outbound is not None:
-            closing.append(self._outbound.drain(deadline))
-        if self._inbound is not None:
-            closing.append(self._inbound.close(deadline))
-        if self._plaintext is not None:
-            closing.append(self._plaintext.close(deadline))
-        await asyncio.gather(*closing, return_exceptions=True)
+        await self._stop_zds()
+        if self._proxy is not None:
+            await self._proxy.drain(deadline)
+        if self.pods is not None:
+            await self.pods.drain(deadline)
         self._listening = False
         await self.close()
+
+    async def _stop_zds(self) -> None:
+        """No pod starts or stops from here on."""
+        if self._zds_task is not None:
+            self._zds_task.cancel()
+            await asyncio.gather(self._zds_task, return_exceptions=True)
 
     async def close(self) -> None:
         """Stops every task and server (after `drain`, or to abandon a failed start)."""
@@ -341,8 +353,15 @@ class Ztunnel:
         for server in (self._stats, self._admin, self._readiness):
             if server is not None:
                 await server.close()
-        if self._hbone is not None:
-            self._hbone.close()
+        # After `drain` nothing is left; an abandoned start's proxies are cut here.
+        await self._stop_zds()
+        if self._proxy is not None:
+            await self._proxy.drain(0)
+        if self.pods is not None:
+            await self.pods.drain(0)
+            self.pods.close()
+        if self._netns_thread is not None:
+            self._netns_thread.close()
         if self._relay is not None:
             self._relay.close()
         self._unsubscribe()
@@ -379,8 +398,6 @@ def run(args: argparse.Namespace) -> int:
     """The `ztunnel` subcommand: config from flags and environment, then serve until drained."""
     try:
         config = from_args(args, os.environ)
-        if config.proxy_mode is ProxyMode.SHARED:
-            raise ConfigError(SHARED_MODE_REFUSAL)
     except ConfigError as e:
         print(f"ambient-fast ztunnel: {e}", file=sys.stderr)
         return 2

@@ -53,6 +53,8 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 # Where a captured connection was going; an address tuple as sockets give them.
 DestinationResolver = Callable[[socket.socket], tuple[str, int]]
+# Whose connection it is: the source workload for a client address (None: unknown).
+SourceResolver = Callable[[SocketAddress], Workload | None]
 
 
 def reset(sock: socket.socket) -> None:
@@ -74,6 +76,9 @@ class OutboundSettings:
     proxy_ips: tuple[IpAddress, ...] = ()  # the proxy's own addresses (loop check)
     proxy_ports: frozenset[int] = PROXY_PORTS  # plus the listener's own port, always
     hbone_port: int = DEFAULT_HBONE_PORT  # where peers serve HBONE
+    # A client that is no known workload: passthrough (node proxy), or refused (in-pod: the
+    # pod's own workload is not known yet, and nothing leaves the pod without its identity).
+    passthrough_unknown_sources: bool = True
 
 
 class OutboundProxy:
@@ -92,6 +97,7 @@ class OutboundProxy:
         settings: OutboundSettings | None = None,
         dialer: UpstreamDialer | None = None,
         destination_of: DestinationResolver = original_destination,
+        source_of: SourceResolver | None = None,
         rng: RandomSource | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -109,6 +115,9 @@ class OutboundProxy:
         self._dialer = dialer if dialer is not None else UpstreamDialer(transparent=False)
         self._proxy_ports: Collection[int] = self._settings.proxy_ports | {self.address[1]}
         self._destination_of = destination_of
+        self._source_of: SourceResolver = source_of or (
+            lambda client: store.workload_by_ip(self._settings.network, client.ip)
+        )
         self._rng: RandomSource = rng if rng is not None else random.Random()
         self._clock = clock
         self._connections: set[asyncio.Task[None]] = set()
@@ -184,10 +193,10 @@ class OutboundProxy:
             log.warning("outbound: %s: no original destination: %s", client, e)
             reset(sock)
             return
-        source = self._store.workload_by_ip(self._settings.network, client.ip)
+        source = self._source_of(client)
         route = self._route(source, client, target)
         if route.kind is RouteKind.ERROR:
-            error = route.error.value if route.error is not None else "refused"
+            error = route.error.value if route.error is not None else route.reason
             self._access_log.emit(
                 connection_failed(str(client), str(target), Reporter.SOURCE, error)
             )
@@ -215,6 +224,10 @@ class OutboundProxy:
         # Not a workload we know: a plain TCP client of this node. It has no identity, so
         # nothing in the mesh is reached on its behalf: passthrough only, as without a mesh
         # (ztunnel's shared mode drops it as an unknown source).
+        if not s.passthrough_unknown_sources:
+            return OutboundRoute(
+                RouteKind.ERROR, target, reason=f"{client}: source workload unknown"
+            )
         if target.port in self._proxy_ports and (target.ip.is_loopback or target.ip in s.proxy_ips):
             return OutboundRoute(
                 RouteKind.ERROR,

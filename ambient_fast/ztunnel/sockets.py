@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,13 @@ IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 IPV6_TRANSPARENT = 75
 SO_MARK = getattr(socket, "SO_MARK", 36)
 
+# Every address, both families (ztunnel binds [::]); 0.0.0.0 where IPv6 is off.
+ALL_ADDRESSES = "::"
+FALLBACK_ADDRESS = "0.0.0.0"
+
 Address = tuple[str, int]
+# Makes an unconnected TCP socket of a family (in-pod: inside the pod's network namespace).
+SocketFactory = Callable[[socket.AddressFamily], Awaitable[socket.socket]]
 
 
 def _family(ip: str) -> socket.AddressFamily:
@@ -120,6 +127,29 @@ def listening_socket(
     return sock
 
 
+def listening_socket_everywhere(
+    port: int,
+    host: str | None = None,
+    *,
+    transparent: bool = False,
+    mark: int | None = None,
+    reuse_port: bool = False,
+) -> socket.socket:
+    """`listening_socket` on `host`, or on every address: [::] (dual-stack), else 0.0.0.0."""
+
+    def listen(on: str) -> socket.socket:
+        return listening_socket(
+            (on, port), transparent=transparent, mark=mark, reuse_port=reuse_port
+        )
+
+    if host is not None:
+        return listen(host)
+    try:
+        return listen(ALL_ADDRESSES)
+    except OSError:
+        return listen(FALLBACK_ADDRESS)
+
+
 class UpstreamDialer:
     """Opens the proxy's upstream connections with its mark and, when asked and permitted, the
     client's source IP. Options the process may not set are dropped after one log line."""
@@ -130,16 +160,22 @@ class UpstreamDialer:
         mark: int | None = PROXY_MARK,
         transparent: bool = True,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        new_socket: SocketFactory | None = None,
     ) -> None:
         self.mark = mark
         self.transparent = transparent
         self.connect_timeout = connect_timeout
+        self._new_socket = new_socket
 
     async def connect(self, target: Address, source_ip: str | None = None) -> socket.socket:
         """A connected non-blocking socket to `target`, from `source_ip` when transparent
         sourcing is on (else from the proxy's own address). Raises OSError / TimeoutError
         naming the target."""
-        sock = socket.socket(_family(target[0]), socket.SOCK_STREAM)
+        family = _family(target[0])
+        if self._new_socket is not None:
+            sock = await self._new_socket(family)
+        else:
+            sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             set_stream_options(sock)

@@ -18,6 +18,7 @@ use tokio::net::TcpSocket;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
+use crate::netns::Netns;
 use crate::settings::{tune_socket, H2Settings};
 use crate::tls::Identity;
 
@@ -89,6 +90,8 @@ pub struct PoolOptions {
     pub connect_timeout: Duration,
     /// SO_MARK for every pool socket (ztunnel: 0x539), so redirect rules skip our own traffic.
     pub mark: Option<u32>,
+    /// A pod's network namespace: every pool socket is created inside it (in-pod mode).
+    pub netns: Option<Netns>,
 }
 
 type KeyConnections = Arc<tokio::sync::Mutex<Vec<Arc<PooledConnection>>>>;
@@ -197,10 +200,16 @@ impl Pool {
         identity: &Identity,
     ) -> Result<Arc<PooledConnection>, String> {
         let dst = key.destination;
-        let socket = if dst.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
+        let new_socket = || {
+            if dst.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+        };
+        let socket = match &self.options.netns {
+            Some(netns) => netns.run(new_socket),
+            None => new_socket(),
         }
         .map_err(|e| format!("socket for {dst}: {e}"))?;
         if let Some(mark) = self.options.mark {

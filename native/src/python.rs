@@ -5,7 +5,7 @@
 //! (see `completion`). Native threads never take the GIL.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::completion::CompletionQueue;
 use crate::logbridge::LogBridge;
+use crate::netns::Netns;
 use crate::pool::{Pool, PoolKey, PoolOptions, StreamSlot, Tunnel};
 use crate::pump::pump;
 use crate::server::{respond_status, serve, CertSelector, InboundConnect};
@@ -439,6 +440,7 @@ impl HbonePool {
         idle_timeout = settings::DEFAULT_POOL_IDLE.as_secs_f64(),
         connect_timeout = settings::DEFAULT_CONNECT_TIMEOUT.as_secs_f64(),
         mark = None,
+        netns = None,
     ))]
     fn new(
         settings: Option<Http2Settings>,
@@ -446,6 +448,7 @@ impl HbonePool {
         idle_timeout: f64,
         connect_timeout: f64,
         mark: Option<u32>,
+        netns: Option<RawFd>,
     ) -> PyResult<Self> {
         if max_streams_per_connection == 0 {
             return Err(PyValueError::new_err(
@@ -458,6 +461,13 @@ impl HbonePool {
             idle_timeout: seconds("idle_timeout", idle_timeout)?,
             connect_timeout: seconds("connect_timeout", connect_timeout)?,
             mark,
+            netns: netns
+                .map(|fd| {
+                    // SAFETY: the caller's fd stays open for this call; Netns keeps a duplicate.
+                    Netns::new(unsafe { BorrowedFd::borrow_raw(fd) })
+                        .map_err(|e| PyValueError::new_err(format!("netns fd {fd}: {e}")))
+                })
+                .transpose()?,
         };
         let _context = runtime().enter();
         Ok(Self {

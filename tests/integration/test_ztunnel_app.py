@@ -199,12 +199,6 @@ def test_help_lists_settings_with_their_variables(capsys: pytest.CaptureFixture[
         assert f"env {variable}" in text
 
 
-def test_shared_mode_is_refused_with_a_reason(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["ztunnel", "--proxy-mode=shared"]) == 2
-    err = capsys.readouterr().err
-    assert "PROXY_MODE=shared" in err and "not implemented yet" in err
-
-
 async def test_the_command_reads_the_environment_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
     env = {

@@ -1,0 +1,136 @@
+"""One proxy's three listeners, as istio/ztunnel's ProxyFactory builds them: outbound (15001),
+inbound HBONE (15008), inbound plaintext (15006), serving a set of local workloads.
+
+Dedicated mode runs one `WorkloadProxy` on the node's own sockets; in-pod mode runs one per pod,
+on sockets opened inside the pod's network namespace (`ztunnel/pod_netns.py`). What all proxies
+of a process share (state, certificates, metrics, access log, splice engine) is the
+`ProxyContext`; what is a proxy's own (listeners, dialers, HBONE pool) is its `ProxySockets`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Container
+from dataclasses import dataclass
+
+from ambient_fast.hbone.client import HboneClient
+from ambient_fast.identity.manager import CertificateManager
+from ambient_fast.metrics import Metrics
+from ambient_fast.splice import SpliceRelay
+from ambient_fast.state import StateStore
+from ambient_fast.state.model import IpAddress
+from ambient_fast.ztunnel.accesslog import AccessLog
+from ambient_fast.ztunnel.inbound import InboundServer
+from ambient_fast.ztunnel.inbound_passthrough import InboundPlaintextServer
+from ambient_fast.ztunnel.outbound import OutboundProxy, OutboundSettings, SourceResolver
+from ambient_fast.ztunnel.sockets import UpstreamDialer
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyContext:
+    store: StateStore
+    certificates: CertificateManager
+    metrics: Metrics
+    access_log: AccessLog
+    relay: SpliceRelay
+    network: str
+    ports: frozenset[int]  # the proxy's own listener ports (loops are refused)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySockets:
+    """A proxy's listeners and the ways it opens connections; the proxy owns them."""
+
+    outbound: socket.socket
+    inbound: socket.socket
+    plaintext: socket.socket
+    hbone: HboneClient
+    inbound_dialer: UpstreamDialer  # to the local workload, from the client's IP
+    outbound_dialer: UpstreamDialer  # direct and passthrough, from the proxy's own address
+
+    def close(self) -> None:
+        """For sockets no proxy took over."""
+        for listener in (self.outbound, self.inbound, self.plaintext):
+            listener.close()
+        self.hbone.close()
+
+
+class WorkloadProxy:
+    """Serves the workloads in `local` (uids; a live container the caller keeps current) until
+    `drain`. `source_of` picks the outbound source workload (default: by the client's IP);
+    `passthrough_unknown_sources` False refuses clients that are no known workload."""
+
+    def __init__(
+        self,
+        context: ProxyContext,
+        sockets: ProxySockets,
+        local: Container[str],
+        *,
+        proxy_ips: tuple[IpAddress, ...] = (),
+        source_of: SourceResolver | None = None,
+        passthrough_unknown_sources: bool = True,
+    ) -> None:
+        self._hbone = sockets.hbone
+        self.inbound = InboundServer(
+            sockets.inbound,
+            context.store,
+            context.certificates,
+            local,
+            context.metrics,
+            access_log=context.access_log,
+            dialer=sockets.inbound_dialer,
+            network=context.network,
+            proxy_ports=context.ports,
+        )
+        self.plaintext = InboundPlaintextServer(
+            sockets.plaintext,
+            context.store,
+            local,
+            context.metrics,
+            context.relay,
+            access_log=context.access_log,
+            dialer=sockets.inbound_dialer,
+            network=context.network,
+            proxy_ports=context.ports,
+        )
+        self.outbound = OutboundProxy(
+            sockets.outbound,
+            context.store,
+            context.certificates,
+            sockets.hbone,
+            context.relay,
+            context.metrics.connections,
+            context.access_log,
+            settings=OutboundSettings(
+                network=context.network,
+                proxy_ips=proxy_ips,
+                proxy_ports=context.ports,
+                passthrough_unknown_sources=passthrough_unknown_sources,
+            ),
+            dialer=sockets.outbound_dialer,
+            source_of=source_of,
+        )
+        self._serving: asyncio.Task[None] | None = None
+        self._drained = False
+
+    def start(self) -> None:
+        self.inbound.start()
+        self.plaintext.start()
+        self._serving = asyncio.create_task(self.outbound.serve())
+
+    async def drain(self, deadline: float) -> None:
+        """Stops accepting; open connections get `deadline` seconds (0: cut now), then the
+        listeners, connections and the HBONE pool are closed. Later calls do nothing."""
+        if self._drained:
+            return
+        self._drained = True
+        await asyncio.gather(
+            self.outbound.drain(deadline),
+            self.inbound.close(deadline),
+            self.plaintext.close(deadline),
+            return_exceptions=True,
+        )
+        if self._serving is not None:
+            await asyncio.gather(self._serving, return_exceptions=True)
+        self._hbone.close()
