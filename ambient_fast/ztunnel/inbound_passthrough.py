@@ -31,7 +31,7 @@ from ambient_fast.ztunnel.inbound import (
     record_refusal,
 )
 from ambient_fast.ztunnel.inbound_decision import Accepted, Rejected, decide_plaintext
-from ambient_fast.ztunnel.routing import PROXY_PORTS
+from ambient_fast.ztunnel.routing import PROXY_PORTS, canonical_ip
 from ambient_fast.ztunnel.sockets import UpstreamDialer, original_destination, set_stream_options
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,10 @@ class InboundPlaintextServer:
                 log.warning("inbound plaintext: accept on %s failed: %r", self.address, e)
                 await asyncio.sleep(0.1)
                 continue
-            task = asyncio.create_task(self._connection(client, (str(peer[0]), int(peer[1]))))
+            # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; the store, policy and
+            # the transparent source bind know them as a.b.c.d.
+            peer_ip = str(canonical_ip(peer[0]))
+            task = asyncio.create_task(self._connection(client, (peer_ip, int(peer[1]))))
             self._connections.add(task)
             task.add_done_callback(self._connections.discard)
 

@@ -12,19 +12,22 @@ use http::{Method, Request, Response, StatusCode};
 use log::{debug, info, warn};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use tokio::time::timeout;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::{timeout, timeout_at, Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 
 use crate::settings::{tune_socket, H2Settings};
 use crate::verify::peer_identity;
 
 /// Which certificate to present: the destination workload's, chosen by the local address
-/// the client connected to (reference 01), with an optional default.
+/// the client connected to (reference 01), with an optional default. A connection that
+/// arrives before its workload's certificate waits for it (as ztunnel's inbound fetches the
+/// certificate during the handshake), within the handshake timeout.
 #[derive(Default)]
 pub struct CertSelector {
     by_ip: RwLock<HashMap<IpAddr, Arc<ServerConfig>>>,
     default: RwLock<Option<Arc<ServerConfig>>>,
+    changed: Notify,
 }
 
 impl CertSelector {
@@ -38,6 +41,7 @@ impl CertSelector {
             }
             None => *self.default.write().expect("cert default lock") = Some(config),
         }
+        self.changed.notify_waiters();
     }
 
     pub fn remove(&self, ip: Option<IpAddr>) {
@@ -55,6 +59,23 @@ impl CertSelector {
             .get(&local)
             .cloned()
             .or_else(|| self.default.read().expect("cert default lock").clone())
+    }
+
+    /// The certificate for `local`, waiting up to `limit` for one to be set.
+    async fn wait_for(&self, local: IpAddr, limit: Duration) -> Option<Arc<ServerConfig>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            // Registered before looking, so a `set` in between is not missed.
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(config) = self.select(local) {
+                return Some(config);
+            }
+            if timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
     }
 }
 
@@ -132,14 +153,14 @@ async fn serve_connection(
     // A dual-stack [::] listener sees IPv4 peers as ::ffff:a.b.c.d; certificates, the store
     // and policies know them as a.b.c.d.
     let (peer, local) = (canonical(peer), canonical(local));
-    let Some(config) = ctx.certs.select(local.ip()) else {
+    let limit = ctx.settings.handshake_timeout;
+    let Some(config) = ctx.certs.wait_for(local.ip(), limit).await else {
         warn!(
-            "hbone: connection from {peer} to {local}: no certificate for {}",
+            "hbone: connection from {peer} to {local}: no certificate for {} within {limit:?}",
             local.ip()
         );
         return;
     };
-    let limit = ctx.settings.handshake_timeout;
     let tls = match timeout(limit, TlsAcceptor::from(config).accept(sock)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

@@ -1,0 +1,163 @@
+"""The two-node mesh the netns suites share: topology, control plane, a ztunnel per node in
+shared mode, the test as CNI agent (istio-cni's TPROXY rules + ZDS), echo servers.
+
+  node-a: demo/client, demo/neighbour (captured), legacy/outsider (not captured)
+  node-b: demo/server (captured, behind Service echo 10.96.0.10:80 -> 8080), legacy/plain
+  fabric: the control plane, and an echo outside the mesh
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh_harness import (
+    READINESS_PORT,
+    STATS_PORT,
+    XDS_PORT,
+    AgentLoop,
+    Echo,
+    MeshProcess,
+    echoes,
+    http_get,
+    process_in,
+    tcp_open,
+)
+
+from ambient_fast.cni.rules import PolicyRoute, capture_rules
+from ambient_fast.cni.ztunnel_server import PodHandoff, ZtunnelServer
+from ambient_fast.topology import NodeSpec, PodSpec, Topology, build
+from ambient_fast.topology.commands import in_netns, run
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "meshes" / "two-nodes" / "mesh.yaml"
+NODES = [NodeSpec("node-a", "10.244.1.0/24"), NodeSpec("node-b", "10.244.2.0/24")]
+PODS = {
+    "client": PodSpec("client", "node-a", "10.244.1.10"),
+    "neighbour": PodSpec("neighbour", "node-a", "10.244.1.11"),
+    "outsider": PodSpec("outsider", "node-a", "10.244.1.20"),
+    "server": PodSpec("server", "node-b", "10.244.2.10"),
+    "plain": PodSpec("plain", "node-b", "10.244.2.20"),
+}
+CAPTURED = {"client": "client", "neighbour": "neighbour", "server": "server"}  # pod -> sa
+ECHO_VIP, NOBODY_VIP = "10.96.0.10", "10.96.0.11"
+ECHO_PORT, OUTSIDE_PORT = 8080, 9090
+TRUST = "spiffe://cluster.local/ns/demo/sa"
+# Policy edits reach both ztunnels through the watcher and xDS within this.
+PROPAGATION_S = 15.0
+
+
+@dataclass
+class Mesh:
+    topology: Topology
+    work: Path
+    ztunnels: dict[str, MeshProcess]
+    controlplane: list[MeshProcess]  # the current one last (the CP is restarted by a test)
+    cert_ttl: str | None
+
+    def policies(self, text: str) -> None:
+        """Replaces the policies file the control plane watches."""
+        staged = self.work / "policies.yaml.new"
+        staged.write_text(text)
+        staged.replace(self.work / "config" / "policies.yaml")
+
+    def metrics(self, node: str) -> str:
+        status, text = http_get(
+            self.topology, self.topology.nodes[node].netns, f"http://127.0.0.1:{STATS_PORT}/metrics"
+        )
+        assert status == 200
+        return text
+
+
+def controlplane_argv(work: Path, topology: Topology, cert_ttl: str | None) -> list[str]:
+    return [
+        "controlplane", "-f", str(work / "config"), "--state-dir", str(work / "controlplane"),
+        "--listen", f"{topology.fabric_ip}:{XDS_PORT}",
+        *(["--min-cert-lifetime", cert_ttl] if cert_ttl else []),
+        *(arg for n in NODES for arg in ("--node", f"{n.name}={n.pod_cidr}")),
+    ]  # fmt: skip
+
+
+def ztunnel_argv(work: Path, topology: Topology, node: str, cert_ttl: str | None) -> list[str]:
+    address = f"https://{topology.fabric_ip}:{XDS_PORT}"
+    root = str(work / "controlplane" / "root-cert.pem")
+    return [
+        "ztunnel", "--proxy-mode", "shared", "--inpod-uds", str(work / f"{node}.sock"),
+        "--xds-address", address, "--ca-address", address,
+        "--xds-root-cert", root, "--ca-root-cert", root,
+        "--token-file", str(work / "controlplane" / "node-tokens" / f"{node}.token"),
+        "--node-name", node, "--instance-ip", topology.nodes[node].ip,
+        *(["--secret-ttl", cert_ttl] if cert_ttl else []),
+    ]  # fmt: skip
+
+
+def capture(topology: Topology, pod: str) -> None:
+    netns = topology.pods[pod].netns
+    in_netns(netns, "iptables-restore", "--noflush", stdin=capture_rules())
+    route = PolicyRoute()
+    run("ip", "-n", netns, "rule", "add", *route.rule)
+    run("ip", "-n", netns, "route", "add", *route.route)
+
+
+def wait_ready(topology: Topology, node: str, process: MeshProcess) -> None:
+    netns = topology.nodes[node].netns
+    url = f"http://127.0.0.1:{READINESS_PORT}/healthz/ready"
+
+    def ready() -> bool:
+        return http_get(topology, netns, url)[0] == 200
+
+    process.wait_for("readiness", ready)
+
+
+@contextlib.contextmanager
+def running_mesh(work: Path, cert_ttl: str | None = None) -> Iterator[Mesh]:
+    """Everything up, pods captured and handed over; all of it stopped and deleted on exit.
+    `cert_ttl`: workload certificate lifetime (the control plane's minimum follows it)."""
+    (work / "config").mkdir()
+    shutil.copy(FIXTURE, work / "config" / "mesh.yaml")
+    (work / "config" / "policies.yaml").write_text("# no policies yet\n")
+    agents = AgentLoop()
+    with build(NODES, list(PODS.values())) as topology:
+        fabric = topology.fabric_netns
+        with process_in(
+            topology, fabric, "controlplane", controlplane_argv(work, topology, cert_ttl), {}, work
+        ) as controlplane:
+            controlplane.wait_for(
+                "xDS port", lambda: tcp_open(topology, fabric, topology.fabric_ip, XDS_PORT)
+            )
+            servers = {n.name: ZtunnelServer(work / f"{n.name}.sock") for n in NODES}
+            for server in servers.values():
+                agents.call(server.start())
+            mesh = Mesh(topology, work, {}, [controlplane], cert_ttl)
+            try:
+                with contextlib.ExitStack() as stack:
+                    for node in servers:
+                        mesh.ztunnels[node] = stack.enter_context(
+                            process_in(topology, topology.nodes[node].netns, f"ztunnel-{node}",
+                                       ztunnel_argv(work, topology, node, cert_ttl), {}, work)
+                        )  # fmt: skip
+                    for node, process in mesh.ztunnels.items():
+                        wait_ready(topology, node, process)
+                    for pod, account in CAPTURED.items():
+                        spec = PODS[pod]
+                        capture(topology, pod)
+                        handoff = PodHandoff(
+                            f"Kubernetes//Pod/demo/{pod}", pod, "demo", account,
+                            f"/run/netns/{topology.pods[pod].netns}",
+                        )  # fmt: skip
+                        agents.call(servers[spec.node].add(handoff))
+                    with echoes(topology, {"server": ECHO_PORT, "neighbour": ECHO_PORT,
+                                           "plain": ECHO_PORT}):  # fmt: skip
+                        outside = Echo(topology, "outside", OUTSIDE_PORT, netns=fabric)
+                        try:
+                            yield mesh
+                        finally:
+                            outside.close()
+            finally:
+                for server in servers.values():
+                    agents.call(server.close())
+                for process in mesh.controlplane[1:]:
+                    process.stop()
+    agents.close()
