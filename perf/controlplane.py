@@ -29,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +38,6 @@ from typing import Any
 
 import orjson
 import uvloop
-from google.protobuf.message import Message
 
 import ambient_fast
 from ambient_fast.controlplane.model import LiveModel, ModelWatcher, load_sources
@@ -49,7 +48,7 @@ from ambient_fast.controlplane.translate import (
     Translation,
     translate,
 )
-from ambient_fast.xds.resources import ADDRESS_TYPE_URL, Change, ResourceStore
+from ambient_fast.xds.resources import ADDRESS_TYPE_URL, Change, Resources, ResourceStore
 from ambient_fast.xds.server import XdsServer
 from perf.ads_client import ads_client
 from perf.controlplane_memory import MemoryResult, measure_memory
@@ -163,22 +162,29 @@ def measure_translate(mesh: SyntheticMesh, report: Report) -> Translation:
 
 
 class _TimedStore(ResourceStore):
-    """The control plane's store, noting when a publish starts (its first `update`, which
-    `replace` calls too)."""
+    """The control plane's store, noting when a publish starts (its first `update` or
+    `replace`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.publish_started: float | None = None
 
+    def _note_start(self) -> None:
+        if self.publish_started is None:
+            self.publish_started = time.perf_counter()
+
     def update(
         self,
         type_url: str,
-        upserts: Mapping[str, Message] | None = None,
+        upserts: Resources | None = None,
         removals: Iterable[str] = (),
     ) -> Change | None:
-        if self.publish_started is None:
-            self.publish_started = time.perf_counter()
+        self._note_start()
         return super().update(type_url, upserts, removals)
+
+    def replace(self, type_url: str, resources: Resources) -> Change | None:
+        self._note_start()
+        return super().replace(type_url, resources)
 
 
 @dataclass

@@ -75,6 +75,8 @@ class UnknownTypeUrl(KeyError):
 # (`Resource`) is built when a stream asks for it: a protobuf message per resource would cost
 # several times the bytes it holds.
 _Entry = tuple[str, bytes]
+# Resources by name: a mapping, or (name, message) pairs (e.g. made one at a time).
+Resources = Mapping[str, Message] | Iterable[tuple[str, Message]]
 
 
 class ResourceStore:
@@ -115,6 +117,10 @@ class ResourceStore:
         entry = self._of_type(type_url).get(name)
         return None if entry is None else _envelope(name, entry[0], type_url, entry[1])
 
+    def entry(self, type_url: str, name: str) -> tuple[str, bytes]:
+        """(version, serialized message) of a resource the store holds (KeyError if absent)."""
+        return self._of_type(type_url)[name]
+
     def version(self, type_url: str, name: str) -> str | None:
         """The resource's version (its content hash), None if absent."""
         entry = self._of_type(type_url).get(name)
@@ -133,7 +139,7 @@ class ResourceStore:
     def update(
         self,
         type_url: str,
-        upserts: Mapping[str, Message] | None = None,
+        upserts: Resources | None = None,
         removals: Iterable[str] = (),
     ) -> Change | None:
         """Adds or replaces `upserts` and drops `removals`; returns the effective change.
@@ -141,25 +147,42 @@ class ResourceStore:
         Unchanged upserts and removals of absent names are not changes and reach nobody.
         """
         current = self._of_type(type_url)
-        upserts = upserts or {}
+        prepared = _prepare(type_url, current, upserts or {})
         removals = set(removals)
-        if both := removals & upserts.keys():
+        if both := removals & prepared.keys():
             raise ValueError(f"{type_url}: both upserted and removed: {sorted(both)}")
-        for name, message in upserts.items():
-            # Checked before anything is applied: a bad update changes nothing.
-            if type_url_of(message) != type_url:
-                raise TypeError(f"{type_url}: resource {name!r} is a {type_url_of(message)}")
+        return self._apply(type_url, current, prepared, removals)
+
+    def replace(self, type_url: str, resources: Resources) -> Change | None:
+        """Makes `resources` the whole content of the type (a full recomputation's result)."""
+        current = self._of_type(type_url)
+        prepared = _prepare(type_url, current, resources)
+        if not current:
+            # The first fill: the prepared dict becomes the store's, rather than a second
+            # table grown entry by entry beside it (the tables it outgrows, up to MiBs for
+            # 10k resources, are freed in between and stay in the heap).
+            self._resources[type_url] = prepared
+            return self._notify(type_url, set(prepared))
+        return self._apply(type_url, current, prepared, current.keys() - prepared.keys())
+
+    def _apply(
+        self,
+        type_url: str,
+        current: dict[str, _Entry],
+        prepared: dict[str, _Entry],
+        removals: Iterable[str],
+    ) -> Change | None:
         changed: set[str] = set()
-        for name, message in upserts.items():
-            serialized = message.SerializeToString(deterministic=True)
-            version = resource_version(serialized)
-            previous = current.get(name)
-            if previous is None or previous[0] != version:
-                current[name] = (version, serialized)
+        for name, entry in prepared.items():
+            if current.get(name) is not entry:
+                current[name] = entry
                 changed.add(name)
         for name in removals:
             if current.pop(name, None) is not None:
                 changed.add(name)
+        return self._notify(type_url, changed)
+
+    def _notify(self, type_url: str, changed: set[str]) -> Change | None:
         if not changed:
             return None
         self.system_version += 1
@@ -172,7 +195,24 @@ class ResourceStore:
                 log.exception("xds: subscriber failed on a change of %s", type_url)
         return change
 
-    def replace(self, type_url: str, resources: Mapping[str, Message]) -> Change | None:
-        """Makes `resources` the whole content of the type (a full recomputation's result)."""
-        stale = self._of_type(type_url).keys() - resources.keys()
-        return self.update(type_url, resources, stale)
+
+def _prepare(
+    type_url: str, current: Mapping[str, _Entry], resources: Resources
+) -> dict[str, _Entry]:
+    """Each resource's entry, checked and serialized before anything is applied (a bad
+    update changes nothing); an unchanged resource keeps the entry the store has. Pairs are
+    taken one at a time, so a caller that makes each message as it is asked for never holds
+    them all (10k protobuf messages at once leave the heap fragmented)."""
+    pairs = resources.items() if isinstance(resources, Mapping) else resources
+    prepared: dict[str, _Entry] = {}
+    for name, message in pairs:
+        if type_url_of(message) != type_url:
+            raise TypeError(f"{type_url}: resource {name!r} is a {type_url_of(message)}")
+        serialized = message.SerializeToString(deterministic=True)
+        version = resource_version(serialized)
+        previous = current.get(name)
+        if previous is not None and previous[0] == version:
+            prepared[name] = previous
+        else:
+            prepared[name] = (version, serialized)
+    return prepared

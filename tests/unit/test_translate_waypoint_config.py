@@ -229,6 +229,33 @@ status: {conditions: [{type: Accepted}]}
     assert document.json == orjson.dumps(written, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def test_a_document_that_cannot_be_json_is_noted_and_not_sent() -> None:
+    # YAML integers have no bound; JSON's (as orjson writes it) stop at 64 bits.
+    huge = authz("huge", "apps", GATEWAY).replace("rules: [{}]", "rules: [{}]\n  x: 1" + "0" * 25)
+    t = translate_yaml(*MESH, huge, authz("gw", "apps", GATEWAY))
+    assert [d.name for d in t.waypoints["apps/waypoint"].documents] == ["gw"]
+    assert t.notes.problems == [
+        "AuthorizationPolicy apps/huge: cannot be sent to waypoints as JSON: "
+        "Integer exceeds 64-bit range"
+    ]
+
+
+def test_the_model_keeps_documents_only_of_what_may_reach_a_waypoint() -> None:
+    text = "---".join(
+        (
+            authz("by-selector", "apps", "selector: {matchLabels: {app: reviews}}"),
+            authz("gw", "apps", GATEWAY),
+            route("to-reviews", "apps", "{kind: Service, group: '', name: reviews}"),
+        )
+    )
+    mesh = load_sources([SourceFile("m.yaml", text)]).mesh
+    assert {p.name: p.source is not None for p in mesh.authorization_policies} == {
+        "by-selector": False,
+        "gw": True,
+    }
+    assert [r.source is not None for r in mesh.http_routes] == [True]
+
+
 def test_only_waypoints_whose_documents_changed_are_pushed_again() -> None:
     store = ResourceStore()
     base = (*MESH, authz("gw", "apps", GATEWAY))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from google.protobuf.message import Message
 
 from ambient_fast.xds.proto.authorization_pb2 import Authorization
 from ambient_fast.xds.proto.workload_pb2 import Address, PortList, Workload
@@ -120,3 +123,38 @@ def test_unsubscribed_callbacks_hear_nothing() -> None:
     unsubscribe()
     store.update(ADDRESS_TYPE_URL, {"a": address("a")})
     assert seen == []
+
+
+def test_resources_may_come_as_pairs_made_one_at_a_time() -> None:
+    store = ResourceStore()
+    seen: list[Change] = []
+    store.subscribe(seen.append)
+    made: list[str] = []
+
+    def pairs(*uids: str) -> Iterator[tuple[str, Address]]:
+        for uid in uids:
+            made.append(uid)
+            yield uid, address(uid)
+
+    store.replace(ADDRESS_TYPE_URL, pairs("a", "b"))  # the first fill
+    store.replace(ADDRESS_TYPE_URL, pairs("b", "c"))
+    store.update(ADDRESS_TYPE_URL, pairs("d"))
+    assert made == ["a", "b", "b", "c", "d"]
+    assert seen == [
+        Change(ADDRESS_TYPE_URL, frozenset({"a", "b"})),
+        Change(ADDRESS_TYPE_URL, frozenset({"a", "c"})),
+        Change(ADDRESS_TYPE_URL, frozenset({"d"})),
+    ]
+    assert sorted(store.names(ADDRESS_TYPE_URL)) == ["b", "c", "d"]
+    version, serialized = store.entry(ADDRESS_TYPE_URL, "c")
+    assert version == make_resource("c", address("c")).version
+    assert Address.FromString(serialized) == address("c")
+
+
+def test_a_bad_pair_late_in_the_stream_still_changes_nothing() -> None:
+    store = ResourceStore()
+    store.replace(ADDRESS_TYPE_URL, {"a": address("a")})
+    pairs: list[tuple[str, Message]] = [("b", address("b")), ("ns/p", Authorization(name="p"))]
+    with pytest.raises(TypeError, match="'ns/p'"):
+        store.replace(ADDRESS_TYPE_URL, iter(pairs))
+    assert list(store.names(ADDRESS_TYPE_URL)) == ["a"]

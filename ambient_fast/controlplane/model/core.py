@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -23,6 +24,7 @@ from ambient_fast.controlplane.model.fields import (
     str_or,
 )
 from ambient_fast.controlplane.model.meta import ObjectKey, ObjectMeta, selector_matches
+from ambient_fast.controlplane.model.sharing import SharedValues
 
 # Kubernetes: a pod without spec.serviceAccountName runs as "default".
 DEFAULT_SERVICE_ACCOUNT = "default"
@@ -83,6 +85,12 @@ class PodSpec:
     ports: tuple[ContainerPort, ...] = ()
 
 
+class PodPlacement(enum.Enum):
+    WRITTEN = "written"  # node and address as written (or not placed)
+    NODE = "node"  # the address was written; the model chose the node
+    ALLOCATED = "allocated"  # the model chose node and address
+
+
 @dataclass(frozen=True, slots=True)
 class Pod(_Named):
     KIND: ClassVar[str] = "Pod"
@@ -95,7 +103,19 @@ class Pod(_Named):
     ports: tuple[ContainerPort, ...] = ()
     phase: str = "Running"
     ready: bool = True  # status.conditions Ready; pods written without status are ready
-    placed: bool = field(default=False, compare=False)  # node/IP chosen by the model
+    # What the model chose (not part of the pod's value): one field, so a Pod stays in
+    # pymalloc's 112-byte class.
+    placement: PodPlacement = field(default=PodPlacement.WRITTEN, compare=False)
+
+    @property
+    def placed(self) -> bool:
+        """Node or address chosen by the model."""
+        return self.placement is not PodPlacement.WRITTEN
+
+    @property
+    def allocated(self) -> bool:
+        """Node and address chosen by the model: kept across reloads (`Allocations`)."""
+        return self.placement is PodPlacement.ALLOCATED
 
     def container_port(self, name: str) -> int | None:
         """The number of a named container port (how a Service's named targetPort resolves)."""
@@ -157,6 +177,11 @@ class Service(_Named):
         return None
 
 
+# Pods, templates and Services of a mesh declare the same few port lists again and again.
+_CONTAINER_PORTS: SharedValues[tuple[ContainerPort, ...]] = SharedValues()
+_SERVICE_PORTS: SharedValues[tuple[ServicePort, ...]] = SharedValues()
+
+
 def parse_namespace(doc: Obj, meta: ObjectMeta) -> Namespace:
     return Namespace(meta)
 
@@ -182,7 +207,7 @@ def parse_pod_spec(spec: Obj, path: str) -> PodSpec:
         service_account=account or DEFAULT_SERVICE_ACCOUNT,
         node_name=opt_str(spec, "nodeName", path) or None,
         host_network=opt_bool(spec, "hostNetwork", path),
-        ports=tuple(ports),
+        ports=_CONTAINER_PORTS.get(tuple(ports)),
     )
 
 
@@ -310,7 +335,7 @@ def parse_service(doc: Obj, meta: ObjectMeta) -> Service:
     selector = str_map(spec, "selector", "spec") if "selector" in spec else None
     return Service(
         meta=meta,
-        ports=tuple(ports),
+        ports=_SERVICE_PORTS.get(tuple(ports)),
         selector=selector if selector else None,
         type=kind,
         cluster_ip=ips[0] if ips else None,

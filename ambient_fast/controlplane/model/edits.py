@@ -31,7 +31,6 @@ from ambient_fast.controlplane.model.loader import (
 from ambient_fast.controlplane.model.mesh import Mesh
 from ambient_fast.controlplane.model.meta import ObjectKey
 from ambient_fast.controlplane.model.placement import (
-    Allocations,
     Topology,
     place_added,
     place_again,
@@ -223,7 +222,6 @@ class _Patch:
         if self.removals & self.upserts.keys():
             raise _Unsure  # moved between files in one edit: which copy comes first matters
         mesh = self.mesh
-        allocations = mesh.allocations
         if self.new_pods or self.new_services or self.removals:
             gone = self.removals
             pods_gone = {(k.namespace, k.name) for k in gone if k.kind == "Pod"}
@@ -241,17 +239,7 @@ class _Patch:
                 self.upserts[pod.key] = pod
             for service in placement.services:
                 self.upserts[service.key] = service
-            allocations = Allocations(
-                {
-                    **{k: v for k, v in allocations.pods.items() if k not in gone},
-                    **placement.allocations.pods,
-                },
-                {
-                    **{k: v for k, v in allocations.services.items() if k not in gone},
-                    **placement.allocations.services,
-                },
-            )
-        return mesh.with_changes(self.upserts.values(), self.removals, allocations, self.moved)
+        return mesh.with_changes(self.upserts.values(), self.removals, self.moved)
 
 
 def _source(obj: MeshObject) -> object:

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from ambient_fast.controlplane.model.sharing import SharedMaps
+
 Obj = Mapping[str, Any]
 
 _EMPTY: Obj = {}
@@ -93,7 +95,7 @@ def opt_str(obj: Obj, key: str, path: str, default: str | None = None) -> str | 
         return default
     if not isinstance(value, str):
         raise FieldError(join(path, key), f"expected a string, got {describe(value)}")
-    return value
+    return _shared(value)
 
 
 def req_str(obj: Obj, key: str, path: str) -> str:
@@ -151,13 +153,13 @@ def str_list(obj: Obj, key: str, path: str) -> tuple[str, ...]:
     for i, item in enumerate(opt_list(obj, key, path)):
         if item.__class__ is not str:
             raise FieldError(f"{join(path, key)}[{i}]", f"expected a string, got {describe(item)}")
-    return tuple(value)
+    return tuple(map(_shared, value))
 
 
 def str_map(obj: Obj, key: str, path: str) -> Mapping[str, str]:
     """A string-to-string mapping such as labels; numbers must be quoted, as in Kubernetes.
-    Keys and short values are interned and every empty map is the same read-only one: the
-    same labels repeat on thousands of objects."""
+    The same labels repeat on thousands of objects: equal maps are one shared map (every
+    empty one the same read-only map), keys and short values are interned."""
     raw = opt_map(obj, key, path)
     for k, v in raw.items():
         if k.__class__ is not str or v.__class__ is not str:
@@ -166,12 +168,19 @@ def str_map(obj: Obj, key: str, path: str) -> Mapping[str, str]:
             )
     if not raw:
         return _NO_STRINGS
-    intern = sys.intern
-    return {intern(k): intern(v) if len(v) <= _INTERNED_VALUE_MAX else v for k, v in raw.items()}
+    return _MAPS.get({sys.intern(k): _shared(v) for k, v in raw.items()})
 
 
 _NO_STRINGS: Mapping[str, str] = MappingProxyType({})
-_INTERNED_VALUE_MAX = 63  # label values are at most 63 characters (Kubernetes)
+_MAPS = SharedMaps()
+# Strings up to this long are interned: names, label values (at most 63 characters in
+# Kubernetes), port names, protocols, actions repeat on thousands of objects.
+_INTERNED_MAX = 63
+
+
+def _shared(value: str) -> str:
+    """The one copy of a short string (interned strings are freed when no longer used)."""
+    return sys.intern(value) if len(value) <= _INTERNED_MAX else value
 
 
 def one_of(obj: Obj, key: str, path: str, allowed: tuple[str, ...], default: str) -> str:

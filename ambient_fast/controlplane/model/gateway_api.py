@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from ambient_fast.controlplane.model.core import _Named
+from ambient_fast.controlplane.model.documents import SourceDocument
 from ambient_fast.controlplane.model.fields import (
     FieldError,
     Obj,
@@ -231,7 +232,7 @@ class HTTPRoute(_Named):
     hostnames: tuple[str, ...] = ()
     rules: tuple[HTTPRouteRule, ...] = ()
     # The document as written, carried to waypoints (see kinds.KindSpec.keep_source).
-    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    source: SourceDocument | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +243,7 @@ class GRPCRoute(_Named):
     hostnames: tuple[str, ...] = ()
     rules: tuple[GRPCRouteRule, ...] = ()
     # The document as written, carried to waypoints (see kinds.KindSpec.keep_source).
-    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    source: SourceDocument | None = field(default=None, compare=False, repr=False)
 
 
 Route = HTTPRoute | GRPCRoute

@@ -67,6 +67,15 @@ MeshObject = (
 # The kinds with a `source` (the document as written), kept where KindSpec.keep_source.
 SourceKeeping = AuthorizationPolicy | RequestAuthentication | HTTPRoute | GRPCRoute
 
+
+def may_reach_waypoints(obj: SourceKeeping) -> bool:
+    """Whether a waypoint may receive the object's document: routes (by their parentRefs) and
+    policies with targetRefs; selector and namespace-wide policies never reach one."""
+    if isinstance(obj, AuthorizationPolicy | RequestAuthentication):
+        return bool(obj.target_refs)
+    return True
+
+
 CORE = ("v1",)
 APPS = ("apps/v1",)
 ISTIO_NETWORKING = tuple(f"networking.istio.io/{v}" for v in ("v1", "v1beta1", "v1alpha3"))
@@ -80,8 +89,9 @@ class KindSpec:
     api_versions: tuple[str, ...]
     namespaced: bool
     parse: Callable[[Mapping[str, Any], ObjectMeta], MeshObject]
-    # The loader keeps the document as written on the object (`source`): the kinds a
-    # waypoint receives as documents and parses itself. Off for the rest (memory).
+    # The loader keeps the document as written on the object (`source`) when it may reach a
+    # waypoint (`may_reach_waypoints`): the kinds a waypoint receives as documents and parses
+    # itself. Off for the rest (memory).
     keep_source: bool = False
 
 

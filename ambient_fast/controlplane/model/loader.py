@@ -15,8 +15,15 @@ from dataclasses import dataclass, field
 
 from ambient_fast.controlplane.model.core import Deployment, Pod, Service
 from ambient_fast.controlplane.model.deployments import expand
+from ambient_fast.controlplane.model.documents import SourceDocument
 from ambient_fast.controlplane.model.fields import FieldError, describe
-from ambient_fast.controlplane.model.kinds import KINDS, KindSpec, MeshObject, SourceKeeping
+from ambient_fast.controlplane.model.kinds import (
+    KINDS,
+    KindSpec,
+    MeshObject,
+    SourceKeeping,
+    may_reach_waypoints,
+)
 from ambient_fast.controlplane.model.mesh import Mesh
 from ambient_fast.controlplane.model.meta import (
     DEFAULT_NAMESPACE,
@@ -30,6 +37,8 @@ from ambient_fast.controlplane.model.sources import (
     RawDocument,
     SourceFile,
     TextChunk,
+    YamlFailure,
+    iter_documents,
     read_sources,
     split_chunks,
     split_documents,
@@ -101,11 +110,15 @@ def parse_file(source: SourceFile, previous: ParsedFile | None = None) -> Parsed
         reparsed = _reparse(source.path, chunks, previous.chunks)
         if reparsed is not None:
             return reparsed
-    documents, failure = split_documents(source)
-    if failure is not None:
-        return ParsedFile(source.path, problems=(failure,))
-    results = [_parse_raw(source.path, document) for document in documents]
-    records = _chunk_records(chunks, documents, results) if chunks is not None else ()
+    results: list[_Parsed] = []
+    lines: list[int | None] = []  # where each document starts; None for an empty one
+    try:
+        for document in iter_documents(source):  # one at a time: parsed, then dropped
+            results.append(_parse_raw(source.path, document))
+            lines.append(None if document.body is None else document.line)
+    except YamlFailure as failure:
+        return ParsedFile(source.path, problems=(failure.error,))
+    records = _chunk_records(chunks, lines, results) if chunks is not None else ()
     return ParsedFile(
         source.path,
         tuple(o for objects, _, _ in results for o in objects),
@@ -156,10 +169,11 @@ def _record(
 
 
 def _chunk_records(
-    chunks: Sequence[TextChunk], documents: Sequence[RawDocument], results: Sequence[_Parsed]
+    chunks: Sequence[TextChunk], lines: Sequence[int | None], results: Sequence[_Parsed]
 ) -> tuple[ParsedChunk, ...]:
-    """The whole file's parse, per chunk; () if the documents do not line up with the chunks."""
-    first = len(documents) - len(chunks) + 1  # documents in the first chunk: 0 or 1
+    """The whole file's parse, per chunk; () if the documents (starting at `lines`, None for
+    an empty one) do not line up with the chunks."""
+    first = len(lines) - len(chunks) + 1  # documents in the first chunk: 0 or 1
     if first not in (0, 1):
         return ()
     records = []
@@ -167,8 +181,8 @@ def _chunk_records(
         held = range(first) if c == 0 else range(c - 1 + first, c + first)
         end = chunks[c + 1].line if c + 1 < len(chunks) else None
         for d in held:
-            line, body = documents[d].line, documents[d].body
-            if body is not None and (line < chunk.line or (end is not None and line >= end)):
+            line = lines[d]
+            if line is not None and (line < chunk.line or (end is not None and line >= end)):
                 return ()  # not where the cut says: no reuse for this file
         records.append(_record(chunk.digest, chunk, held.start + 1, [results[d] for d in held]))
     return tuple(records)
@@ -268,9 +282,8 @@ def parse_document(
         obj = spec.parse(body, meta)
     except FieldError as exc:
         return _error(origin, kind, namespace, name, field_prefix + exc.field, exc.message)
-    if spec.keep_source and isinstance(obj, SourceKeeping):
-        # Kept as is (not copied): documents are never modified after parsing.
-        return dataclasses.replace(obj, source=body)
+    if spec.keep_source and isinstance(obj, SourceKeeping) and may_reach_waypoints(obj):
+        return dataclasses.replace(obj, source=SourceDocument.of(body))
     return obj
 
 
@@ -320,18 +333,20 @@ def assemble_files(
     problems: list[ModelError] = [p for f in files for p in f.problems]
     problems.extend(_unknown_kind_warnings(files))
 
-    origins: dict[ObjectKey, tuple[Origin, ObjectKey]] = {}  # -> where written, as which object
+    # Each key -> the object written under it (a generated pod: its Deployment).
+    written: dict[ObjectKey, MeshObject] = {}
     kept: list[MeshObject] = []
     unique = True
     for file in files:
         for obj in file.objects:
             key, origin = obj.key, obj.meta.origin
-            first = origins.get(key)
+            first = written.get(key)
             if first is not None:
-                problems.append(_at(origin, key, "", f"duplicate of {first[0]}; skipped"))
+                message = f"duplicate of {first.meta.origin}; skipped"
+                problems.append(_at(origin, key, "", message))
                 unique = False
                 continue
-            origins[key] = (origin, key)
+            written[key] = obj
             kept.append(obj)
 
     pods: list[Pod] = []
@@ -347,27 +362,28 @@ def assemble_files(
     for obj in kept:
         if isinstance(obj, Deployment):
             for pod in expand(obj):
-                first = origins.get(pod.key)
+                first = written.get(pod.key)
                 if first is not None:
-                    message = f"pod {pod.name} already exists ({first[0]}); skipped"
+                    message = f"pod {pod.name} already exists ({first.meta.origin}); skipped"
                     problems.append(_at(obj.meta.origin, obj.key, "", message))
                     unique = False
                     continue
-                origins[pod.key] = (obj.meta.origin, obj.key)
+                written[pod.key] = obj
                 pods.append(pod)
 
     problems.extend(_undeclared_namespace_warnings(kept))
 
     placement = place(pods, services, topology, previous)
     for problem in placement.problems:
-        origin, reported_as = origins[problem.key]
+        source = written[problem.key]
+        origin, reported_as = source.meta.origin, source.key
         if reported_as != problem.key:  # a generated pod: report it on its Deployment
             message = f"pod {problem.key.name}: {problem.message}"
             problems.append(_at(origin, reported_as, "", message))
         else:
             problems.append(_at(origin, reported_as, problem.field, problem.message))
 
-    mesh = Mesh([*others, *placement.pods, *placement.services], topology, placement.allocations)
+    mesh = Mesh([*others, *placement.pods, *placement.services], topology)
     report = LoadReport(tuple(problems))
     return Assembly(LoadResult(mesh, report), unique, placed_all=not placement.problems)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import weakref
 from bisect import bisect_left, insort
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from typing import Generic, TypeVar, cast
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from typing import TypeVar, cast
 
 from ambient_fast.controlplane.model.core import Deployment, Namespace, Pod, Service, ServiceAccount
 from ambient_fast.controlplane.model.gateway_api import (
@@ -21,6 +21,14 @@ from ambient_fast.controlplane.model.gateway_api import (
     GRPCRoute,
     HTTPRoute,
     Route,
+)
+from ambient_fast.controlplane.model.indexes import (
+    ByNamespace,
+    KindIndex,
+    LabelIndex,
+    NamespacedName,
+    name_of,
+    routes_by_parent,
 )
 from ambient_fast.controlplane.model.kinds import MeshObject
 from ambient_fast.controlplane.model.meta import ObjectKey, selector_matches
@@ -31,73 +39,9 @@ from ambient_fast.controlplane.model.security import (
     PeerAuthentication,
     RequestAuthentication,
 )
+from ambient_fast.controlplane.model.sharing import SharedTuples
 
 T = TypeVar("T", bound=MeshObject)
-_NamespacedName = tuple[str, str]
-
-
-def _name_of(obj: MeshObject) -> _NamespacedName:
-    """The order of every index: namespace, then name."""
-    return obj.meta.namespace, obj.meta.name
-
-
-class _Index(Generic[T]):
-    """The objects of one kind: by (namespace, name), by namespace, and in name order."""
-
-    __slots__ = ("all", "by_key", "by_namespace")
-
-    def __init__(self, objects: Iterable[T]) -> None:
-        ordered = sorted(objects, key=_name_of)
-        self.all: tuple[T, ...] = tuple(ordered)
-        self.by_key: dict[_NamespacedName, T] = {
-            (o.meta.namespace, o.meta.name): o for o in ordered
-        }
-        grouped: dict[str, list[T]] = defaultdict(list)
-        for o in ordered:
-            grouped[o.meta.namespace].append(o)
-        self.by_namespace: dict[str, tuple[T, ...]] = {ns: tuple(v) for ns, v in grouped.items()}
-
-    def changed(self, removals: Iterable[_NamespacedName], upserts: Iterable[T]) -> _Index[T]:
-        """A copy without `removals` and with `upserts` added or replacing their key's object."""
-        by_key = dict(self.by_key)
-        ordered = list(self.all)
-        namespaces: dict[str, list[T]] = {}
-
-        def namespace(name: str) -> list[T]:
-            if name not in namespaces:
-                namespaces[name] = list(self.by_namespace.get(name, ()))
-            return namespaces[name]
-
-        for key in removals:
-            if by_key.pop(key, None) is not None:
-                del ordered[bisect_left(ordered, key, key=_name_of)]
-                members = namespace(key[0])
-                del members[bisect_left(members, key, key=_name_of)]
-        for obj in upserts:
-            key = _name_of(obj)
-            replaced = by_key.get(key) is not None
-            by_key[key] = obj
-            for members in (ordered, namespace(key[0])):
-                at = bisect_left(members, key, key=_name_of)
-                if replaced:
-                    members[at] = obj
-                else:
-                    members.insert(at, obj)
-        index: _Index[T] = _Index(())
-        index.all, index.by_key = tuple(ordered), by_key
-        index.by_namespace = dict(self.by_namespace)
-        for name, members in namespaces.items():
-            if members:
-                index.by_namespace[name] = tuple(members)
-            else:
-                del index.by_namespace[name]
-        return index
-
-    def get(self, namespace: str, name: str) -> T | None:
-        return self.by_key.get((namespace, name))
-
-    def in_namespace(self, namespace: str) -> tuple[T, ...]:
-        return self.by_namespace.get(namespace, ())
 
 
 class Mesh:
@@ -131,7 +75,6 @@ class Mesh:
         "_services_by_vip",
         "_workload_entries",
         "_workload_entry_labels",
-        "allocations",
         "topology",
     )
 
@@ -139,17 +82,15 @@ class Mesh:
         self,
         objects: Iterable[MeshObject],
         topology: Topology | None = None,
-        allocations: Allocations | None = None,
     ) -> None:
         """Index `objects` (already placed: pods with IPs, services with VIPs)."""
         self.topology = topology or Topology()
-        self.allocations = allocations or Allocations()
         by_kind: dict[type, list[MeshObject]] = defaultdict(list)
         for obj in objects:
             by_kind[type(obj)].append(obj)
 
-        def index(cls: type[T]) -> _Index[T]:
-            return _Index(cast("list[T]", by_kind.get(cls, [])))
+        def index(cls: type[T]) -> KindIndex[T]:
+            return KindIndex(cast("list[T]", by_kind.get(cls, [])))
 
         self._namespaces = index(Namespace)
         self._pods = index(Pod)
@@ -167,7 +108,7 @@ class Mesh:
         self._service_entries = index(ServiceEntry)
         self._workload_entries = index(WorkloadEntry)
 
-        self._pod_labels = _Selectable(self._pods, _labels)
+        self._pod_labels = LabelIndex(self._pods, _labels)
         self._pods_by_ip: dict[str, Pod] = {}
         pods_by_node: dict[str, list[Pod]] = defaultdict(list)
         for pod in self._pods.all:
@@ -178,21 +119,26 @@ class Mesh:
                 pods_by_node[pod.node_name].append(pod)
         self._pods_by_node = {node: tuple(pods) for node, pods in pods_by_node.items()}
         self._multi_address = any(len(pod.ips) > 1 for pod in self._pods.all)
-        self._workload_entry_labels = _Selectable(self._workload_entries, _spec_labels)
+        self._workload_entry_labels = LabelIndex(self._workload_entries, _spec_labels)
 
         self._services_by_vip: dict[str, Service] = {}
-        self._service_pods: dict[_NamespacedName, tuple[Pod, ...]] = {}
-        pod_services: dict[_NamespacedName, list[Service]] = defaultdict(list)
+        service_pods: list[tuple[str, str, tuple[Pod, ...]]] = []
+        pod_services: dict[NamespacedName, list[Service]] = defaultdict(list)
         for service in self._services.all:
             for vip in service.cluster_ips:
                 self._services_by_vip[vip] = service
             if service.selector:
                 selected = self.pods_selected_by(service.namespace, service.selector)
-                self._service_pods[service.namespace, service.name] = selected
+                service_pods.append((service.namespace, service.name, selected))
                 for pod in selected:
                     pod_services[pod.namespace, pod.name].append(service)
-        self._pod_services = {key: tuple(v) for key, v in pod_services.items()}
-        self._routes_by_parent = _routes_by_parent(self._http_routes.all, self._grpc_routes.all)
+        self._service_pods = ByNamespace.of(service_pods)
+        shared: SharedTuples[Service] = SharedTuples()
+        self._pod_services = ByNamespace.of(
+            (namespace, name, shared.get(picked))
+            for (namespace, name), picked in pod_services.items()
+        )
+        self._routes_by_parent = routes_by_parent(self._http_routes.all, self._grpc_routes.all)
         self._base: weakref.ref[Mesh] | None = None
         self._changes: frozenset[ObjectKey] = frozenset()
 
@@ -202,7 +148,6 @@ class Mesh:
         self,
         upserts: Iterable[MeshObject],
         removals: Iterable[ObjectKey] = (),
-        allocations: Allocations | None = None,
         moved: Collection[ObjectKey] = (),
     ) -> Mesh:
         """This Mesh with `upserts` added or replacing the objects of their keys and `removals`
@@ -214,10 +159,8 @@ class Mesh:
         for slot in Mesh.__slots__:
             if slot != "__weakref__":
                 setattr(mesh, slot, getattr(self, slot))
-        if allocations is not None:
-            mesh.allocations = allocations
         added: dict[str, list[MeshObject]] = defaultdict(list)
-        dropped: dict[str, list[_NamespacedName]] = defaultdict(list)
+        dropped: dict[str, list[NamespacedName]] = defaultdict(list)
         touched: set[ObjectKey] = set()
         for obj in upserts:
             added[obj.KIND].append(obj)
@@ -228,7 +171,7 @@ class Mesh:
         kinds = added.keys() | dropped.keys()
         for kind in kinds:
             attribute = _INDEX_OF[kind]
-            index: _Index[MeshObject] = getattr(self, attribute)
+            index: KindIndex[MeshObject] = getattr(self, attribute)
             setattr(mesh, attribute, index.changed(dropped[kind], added[kind]))
         pods = {(k.namespace, k.name) for k in touched if k.kind == "Pod"}
         services = {(k.namespace, k.name) for k in touched if k.kind == "Service"}
@@ -239,9 +182,9 @@ class Mesh:
         if pods or services:
             mesh._selection_changed(self, pods, services)
         if kinds & {"HTTPRoute", "GRPCRoute"}:
-            mesh._routes_by_parent = _routes_by_parent(mesh.http_routes, mesh.grpc_routes)
+            mesh._routes_by_parent = routes_by_parent(mesh.http_routes, mesh.grpc_routes)
         if "WorkloadEntry" in kinds:
-            mesh._workload_entry_labels = _Selectable(mesh._workload_entries, _spec_labels)
+            mesh._workload_entry_labels = LabelIndex(mesh._workload_entries, _spec_labels)
         mesh._base = weakref.ref(self)
         mesh._changes = frozenset(touched.difference(moved))
         return mesh
@@ -254,9 +197,9 @@ class Mesh:
         base = self._base() if self._base is not None else None
         return self._changes if base is other else None
 
-    def _pods_changed(self, before: Mesh, keys: set[_NamespacedName]) -> None:
-        old = [p for k in keys if (p := before._pods.by_key.get(k)) is not None]
-        new = [p for k in keys if (p := self._pods.by_key.get(k)) is not None]
+    def _pods_changed(self, before: Mesh, keys: set[NamespacedName]) -> None:
+        old = [p for k in keys if (p := before._pods.get(*k)) is not None]
+        new = [p for k in keys if (p := self._pods.get(*k)) is not None]
         self._pod_labels = before._pod_labels.changed(self._pods, old, new)
         by_ip = dict(before._pods_by_ip)
         by_node = dict(before._pods_by_node)
@@ -276,16 +219,16 @@ class Mesh:
                         freed.add(ip)
             if pod.node_name is not None:
                 members = node(pod.node_name)
-                del members[bisect_left(members, _name_of(pod), key=_name_of)]
+                del members[bisect_left(members, name_of(pod), key=name_of)]
         for pod in new:
             if not pod.host_network:
                 for ip in pod.ips:
                     owner = by_ip.get(ip)  # the last pod in name order owns a shared address
-                    if owner is None or _name_of(owner) < _name_of(pod):
+                    if owner is None or name_of(owner) < name_of(pod):
                         by_ip[ip] = pod
                     freed.discard(ip)
             if pod.node_name is not None:
-                insort(node(pod.node_name), pod, key=_name_of)
+                insort(node(pod.node_name), pod, key=name_of)
         self._multi_address = before._multi_address or any(len(p.ips) > 1 for p in new)
         if freed and self._multi_address:
             # Written dual-stack addresses may be shared (placement checks only the first):
@@ -301,23 +244,23 @@ class Mesh:
                 by_node.pop(name, None)
         self._pods_by_ip, self._pods_by_node = by_ip, by_node
 
-    def _services_changed(self, before: Mesh, keys: set[_NamespacedName]) -> None:
+    def _services_changed(self, before: Mesh, keys: set[NamespacedName]) -> None:
         by_vip = dict(before._services_by_vip)
         for key in keys:
-            replaced = before._services.by_key.get(key)
+            replaced = before._services.get(*key)
             if replaced is not None:
                 for vip in replaced.cluster_ips:
                     if by_vip.get(vip) is replaced:
                         del by_vip[vip]
         for key in keys:
-            service = self._services.by_key.get(key)
+            service = self._services.get(*key)
             if service is not None:
                 for vip in service.cluster_ips:
                     by_vip[vip] = service
         self._services_by_vip = by_vip
 
     def _selection_changed(
-        self, before: Mesh, pods: set[_NamespacedName], services: set[_NamespacedName]
+        self, before: Mesh, pods: set[NamespacedName], services: set[NamespacedName]
     ) -> None:
         """Which pods each service selects, and the reverse, for the changed pods and services
         and for whatever selects or is selected by them, before or after."""
@@ -325,33 +268,32 @@ class Mesh:
         stale_pods = set(pods)
         for key in pods:
             for mesh in (before, self):
-                pod = mesh._pods.by_key.get(key)
+                pod = mesh._pods.get(*key)
                 if pod is None:
                     continue
                 for service in self._services.in_namespace(key[0]):
                     if service.selector and selector_matches(service.selector, pod.labels):
                         stale_services.add((service.namespace, service.name))
         for key in services:
-            stale_pods.update(_name_of(p) for p in before._service_pods.get(key, ()))
-        service_pods = dict(before._service_pods)
-        for key in stale_services:
-            current = self._services.by_key.get(key)
+            stale_pods.update(name_of(p) for p in before._service_pods.get(*key) or ())
+        service_pods: list[tuple[str, str, tuple[Pod, ...]]] = []
+        for namespace, name in stale_services:
+            current = self._services.get(namespace, name)
             if current is None or not current.selector:
-                service_pods.pop(key, None)
                 continue
-            selected = self.pods_selected_by(current.namespace, current.selector)
-            service_pods[key] = selected
-            if key in services:
-                stale_pods.update(_name_of(p) for p in selected)
-        pod_services = dict(before._pod_services)
-        for key in stale_pods:
-            pod = self._pods.by_key.get(key)
+            selected = self.pods_selected_by(namespace, current.selector)
+            service_pods.append((namespace, name, selected))
+            if (namespace, name) in services:
+                stale_pods.update(name_of(p) for p in selected)
+        self._service_pods = before._service_pods.changed(stale_services, service_pods)
+        shared: SharedTuples[Service] = SharedTuples()
+        pod_services: list[tuple[str, str, tuple[Service, ...]]] = []
+        for namespace, name in stale_pods:
+            pod = self._pods.get(namespace, name)
             picked = () if pod is None else self._services_picking(pod)
             if picked:
-                pod_services[key] = picked
-            else:
-                pod_services.pop(key, None)
-        self._service_pods, self._pod_services = service_pods, pod_services
+                pod_services.append((namespace, name, shared.get(picked)))
+        self._pod_services = before._pod_services.changed(stale_pods, pod_services)
 
     def _services_picking(self, pod: Pod) -> tuple[Service, ...]:
         return tuple(
@@ -363,7 +305,7 @@ class Mesh:
     # -- generic ------------------------------------------------------------------------
 
     def get(self, key: ObjectKey) -> MeshObject | None:
-        index: _Index[MeshObject] | None = getattr(self, _INDEX_OF.get(key.kind, ""), None)
+        index: KindIndex[MeshObject] | None = getattr(self, _INDEX_OF.get(key.kind, ""), None)
         return index.get(key.namespace, key.name) if index is not None else None
 
     def objects(self) -> Iterator[MeshObject]:
@@ -381,6 +323,11 @@ class Mesh:
             if getattr(self, attribute).all
         )
         return f"<Mesh {counts or 'empty'}>"
+
+    @property
+    def allocations(self) -> Allocations:
+        """The nodes and addresses the model chose, for the next load to keep."""
+        return Allocations(self._pods.by_name, self._services.by_name)
 
     # -- namespaces, accounts -----------------------------------------------------------
 
@@ -450,11 +397,11 @@ class Mesh:
 
     def service_pods(self, service: Service) -> tuple[Pod, ...]:
         """The pods the service's selector picks (none for a service without selector)."""
-        return self._service_pods.get((service.namespace, service.name), ())
+        return self._service_pods.get(service.namespace, service.name) or ()
 
     def services_of_pod(self, pod: Pod) -> tuple[Service, ...]:
         """Services whose selector picks `pod`, in name order."""
-        return self._pod_services.get((pod.namespace, pod.name), ())
+        return self._pod_services.get(pod.namespace, pod.name) or ()
 
     # -- Istio networking ---------------------------------------------------------------
 
@@ -576,85 +523,3 @@ def _labels(obj: MeshObject) -> Mapping[str, str]:
 
 def _spec_labels(entry: WorkloadEntry) -> Mapping[str, str]:
     return entry.spec_labels
-
-
-def _routes_by_parent(
-    http_routes: Iterable[Route], grpc_routes: Iterable[Route]
-) -> dict[tuple[str, str, str], tuple[Route, ...]]:
-    """(parent kind, namespace, name) -> routes with a parentRef to it, HTTP first."""
-    routes: dict[tuple[str, str, str], list[Route]] = defaultdict(list)
-    for route in (*http_routes, *grpc_routes):
-        for ref in route.parent_refs:
-            target = "Service" if ref.is_service else ref.kind
-            entry = routes[target, ref.namespace or route.namespace, ref.name]
-            if not entry or entry[-1] is not route:  # two refs (e.g. ports) to one parent
-                entry.append(route)
-    return {key: tuple(v) for key, v in routes.items()}
-
-
-class _Selectable(Generic[T]):
-    """Label selection over one kind: (namespace, label, value) -> names, in name order."""
-
-    __slots__ = ("_index", "_labels_of", "_names")
-
-    def __init__(
-        self,
-        index: _Index[T],
-        labels_of: Callable[[T], Mapping[str, str]],
-        names: dict[tuple[str, str, str], list[str]] | None = None,
-    ) -> None:
-        self._index = index
-        self._labels_of = labels_of
-        if names is None:
-            names = defaultdict(list)
-            for obj in index.all:
-                namespace, name = obj.meta.namespace, obj.meta.name
-                for label, value in labels_of(obj).items():
-                    names[namespace, label, value].append(name)
-        self._names = names
-
-    def changed(self, index: _Index[T], removed: Iterable[T], added: Iterable[T]) -> _Selectable[T]:
-        """For `index`, which differs from this one's by `removed` and `added` objects."""
-        labels_of = self._labels_of
-
-        def entries(objects: Iterable[T]) -> set[tuple[str, str, str, str]]:
-            return {
-                (o.meta.namespace, label, value, o.meta.name)
-                for o in objects
-                for label, value in labels_of(o).items()
-            }
-
-        gone, new = entries(removed), entries(added)
-        names = dict(self._names)
-        copied: set[tuple[str, str, str]] = set()
-        for namespace, label, value, name in gone - new:
-            key = (namespace, label, value)
-            if key not in copied:
-                names[key] = list(names[key])
-                copied.add(key)
-            names[key].remove(name)
-        for namespace, label, value, name in new - gone:
-            key = (namespace, label, value)
-            if key not in copied:
-                names[key] = list(names.get(key, ()))
-                copied.add(key)
-            insort(names[key], name)
-        for key in copied:
-            if not names[key]:
-                del names[key]
-        return _Selectable(index, labels_of, names)
-
-    def select(self, namespace: str, selector: Mapping[str, str]) -> tuple[T, ...]:
-        if not selector:
-            return self._index.in_namespace(namespace)
-        candidates: list[str] | None = None
-        for label, value in selector.items():
-            found = self._names.get((namespace, label, value))
-            if not found:
-                return ()
-            if candidates is None or len(found) < len(candidates):
-                candidates = found
-        assert candidates is not None
-        by_key, labels_of = self._index.by_key, self._labels_of
-        objects = (by_key[namespace, name] for name in candidates)
-        return tuple(o for o in objects if selector_matches(selector, labels_of(o)))

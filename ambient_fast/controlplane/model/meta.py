@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -84,7 +83,7 @@ def parse_meta(doc: Obj, origin: Origin, *, namespaced: bool) -> ObjectMeta:
     created = meta.get("creationTimestamp")
     return ObjectMeta(
         name=name,
-        namespace=sys.intern(namespace),
+        namespace=namespace,
         labels=str_map(meta, "labels", "metadata"),
         annotations=str_map(meta, "annotations", "metadata"),
         uid=str(uid) if uid is not None else None,

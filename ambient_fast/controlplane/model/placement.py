@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from ambient_fast.controlplane.model.core import Pod, Service
+from ambient_fast.controlplane.model.core import Pod, PodPlacement, Service
+from ambient_fast.controlplane.model.indexes import ByNamespace
 from ambient_fast.controlplane.model.meta import ObjectKey
 
 # kind's defaults: per-node /24s out of 10.244.0.0/16, services in 10.96.0.0/16 (kubeadm).
@@ -76,12 +77,59 @@ class Topology:
         return None
 
 
-@dataclass(frozen=True, slots=True)
 class Allocations:
-    """What the model chose (not what the input said): pod -> (node, ip), service -> VIP."""
+    """What the model chose (not what the input said): pod -> (node, ip), service -> VIP.
 
-    pods: Mapping[ObjectKey, tuple[str, str | None]] = field(default_factory=dict)
-    services: Mapping[ObjectKey, str] = field(default_factory=dict)
+    Read off the placed objects (`Pod.allocated`, `Service.placed`) in a Mesh's indexes,
+    not kept beside them: a mapping of its own cost about 170 bytes a pod.
+    """
+
+    __slots__ = ("_pods", "_services")
+
+    def __init__(
+        self,
+        pods: ByNamespace[Pod] | None = None,
+        services: ByNamespace[Service] | None = None,
+    ) -> None:
+        self._pods: ByNamespace[Pod] = pods if pods is not None else ByNamespace()
+        self._services = services if services is not None else ByNamespace[Service]()
+
+    def pod(self, key: ObjectKey) -> tuple[str, str | None] | None:
+        """(node, ip) the model gave the pod (ip None for a host-network pod), if it did."""
+        pod = self._pods.get(key.namespace, key.name)
+        if pod is None or not pod.allocated or pod.node_name is None:
+            return None
+        return pod.node_name, None if pod.host_network else pod.ip
+
+    def service(self, key: ObjectKey) -> str | None:
+        """The VIP the model gave the service, if it did."""
+        service = self._services.get(key.namespace, key.name)
+        return service.cluster_ip if service is not None and service.placed else None
+
+    def as_dicts(
+        self,
+    ) -> tuple[dict[ObjectKey, tuple[str, str | None]], dict[ObjectKey, str]]:
+        """Every allocation: pods by key, services by key."""
+        pods = {}
+        for pod in self._pods.values():
+            allocation = self.pod(pod.key)
+            if allocation is not None:
+                pods[pod.key] = allocation
+        services = {}
+        for service in self._services.values():
+            vip = self.service(service.key)
+            if vip is not None:
+                services[service.key] = vip
+        return pods, services
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Allocations):
+            return NotImplemented
+        return self.as_dicts() == other.as_dicts()
+
+    def __repr__(self) -> str:
+        pods, services = self.as_dicts()
+        return f"<Allocations {len(pods)} pods, {len(services)} services>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +143,6 @@ class PlacementProblem:
 class PlacementResult:
     pods: list[Pod]
     services: list[Service]
-    allocations: Allocations
     problems: list[PlacementProblem]
 
 
@@ -152,11 +199,9 @@ def place(
     """Give every pod a node and an IP and every ClusterIP service a VIP (see module doc)."""
     previous = previous or Allocations()
     problems: list[PlacementProblem] = []
-    placed_pods, pod_allocations = _place_pods(list(pods), topology, previous, problems)
-    placed_services, vip_allocations = _place_services(list(services), topology, previous, problems)
-    return PlacementResult(
-        placed_pods, placed_services, Allocations(pod_allocations, vip_allocations), problems
-    )
+    placed_pods = _place_pods(list(pods), topology, previous, problems)
+    placed_services = _place_services(list(services), topology, previous, problems)
+    return PlacementResult(placed_pods, placed_services, problems)
 
 
 def _place_pods(
@@ -164,7 +209,7 @@ def _place_pods(
     topology: Topology,
     previous: Allocations,
     problems: list[PlacementProblem],
-) -> tuple[list[Pod], dict[ObjectKey, tuple[str, str | None]]]:
+) -> list[Pod]:
     used: set[str] = set()
     pools = {node.name: _Pool(node.pod_cidr, used, skip=2) for node in topology.nodes}
     load = dict.fromkeys(pools, 0)
@@ -190,31 +235,27 @@ def _place_pods(
         if node_name is None:
             node_name = next((n.name for n in topology.nodes if pod.ip in pools[n.name]), None)
             node_name = node_name or _least_loaded(load, pools, need_ip=False)
-            placed = dataclasses.replace(pod, node_name=node_name, placed=True)
+            placed = dataclasses.replace(pod, node_name=node_name, placement=PodPlacement.NODE)
         if node_name in load:
             load[node_name] += 1
         kept[id(pod)] = placed
     # Pass 2, by name: pods the previous load placed keep their node and address.
     pending.sort(key=lambda p: (p.meta.namespace, p.meta.name))
     fresh: list[Pod] = []
-    allocations: dict[ObjectKey, tuple[str, str | None]] = {}
     for pod in pending:
-        key = pod.key
-        before = previous.pods.get(key)
+        before = previous.pod(pod.key)
         if before is not None and _still_fits(pod, *before, pools, used):
             node_name, ip = before
             if ip is not None:
                 used.add(ip)
             load[node_name] += 1
             kept[id(pod)] = _with(pod, node_name, ip, topology)
-            allocations[key] = before
         else:
             fresh.append(pod)
     # Pass 3, by name: everything else gets the least-loaded node and its next free address.
-    for pod, placed, allocation in _place_fresh(fresh, topology, load, pools, problems):
+    for pod, placed in _place_fresh(fresh, topology, load, pools, problems):
         kept[id(pod)] = placed
-        allocations[pod.key] = allocation
-    return [kept[id(pod)] for pod in pods if id(pod) in kept], allocations
+    return [kept[id(pod)] for pod in pods if id(pod) in kept]
 
 
 def _place_fresh(
@@ -223,8 +264,8 @@ def _place_fresh(
     load: dict[str, int],
     pools: dict[str, _Pool],
     problems: list[PlacementProblem],
-) -> list[tuple[Pod, Pod, tuple[str, str | None]]]:
-    """Pass 3, in the given order: (pod, placed pod, allocation) for each pod that fits."""
+) -> list[tuple[Pod, Pod]]:
+    """Pass 3, in the given order: (pod, placed pod) for each pod that fits."""
     out = []
     for pod in fresh:
         if pod.node_name is not None and pod.node_name not in pools:
@@ -248,7 +289,7 @@ def _place_fresh(
                 )
                 continue
         load[target] += 1
-        out.append((pod, _with(pod, target, ip, topology), (target, ip)))
+        out.append((pod, _with(pod, target, ip, topology)))
     return out
 
 
@@ -261,7 +302,7 @@ def place_added(
 ) -> PlacementResult:
     """Places new pods and services (none with an address written) among placed ones that
     keep their places: what `place` does for them when the previous load placed everything
-    else. `allocations` holds only the new objects'."""
+    else."""
     used: set[str] = set()
     pools = {node.name: _Pool(node.pod_cidr, used, skip=2) for node in topology.nodes}
     load = dict.fromkeys(pools, 0)
@@ -276,13 +317,8 @@ def place_added(
     vips = {ip for service in placed_services for ip in service.cluster_ips}
     pool = _Pool(topology.service_cidr, vips, skip=1)
     new_services = sorted(services, key=lambda s: (s.meta.namespace, s.meta.name))
-    services_placed, vip_allocations = _place_fresh_services(new_services, pool, topology, problems)
-    return PlacementResult(
-        [p for _, p, _ in placed],
-        services_placed,
-        Allocations({pod.key: allocation for pod, _, allocation in placed}, vip_allocations),
-        problems,
-    )
+    services_placed = _place_fresh_services(new_services, pool, topology, problems)
+    return PlacementResult([p for _, p in placed], services_placed, problems)
 
 
 def placement_inputs(obj: Pod | Service) -> tuple[object, ...]:
@@ -295,17 +331,17 @@ def placement_inputs(obj: Pod | Service) -> tuple[object, ...]:
 
 def place_again(pod: Pod, placed: Pod, allocations: Allocations, topology: Topology) -> Pod:
     """`pod` where `placed` (its previous version, same `placement_inputs`) was placed."""
-    allocation = allocations.pods.get(pod.key)
+    allocation = allocations.pod(pod.key)
     if allocation is not None:
         return _with(pod, *allocation, topology)
     if pod.node_name is None:  # the address was written, the node chosen (pass 1)
-        return dataclasses.replace(pod, node_name=placed.node_name, placed=True)
+        return dataclasses.replace(pod, node_name=placed.node_name, placement=PodPlacement.NODE)
     return pod
 
 
 def vip_again(service: Service, allocations: Allocations) -> Service:
     """`service` with the VIP its previous version (same `placement_inputs`) was given."""
-    vip = allocations.services.get(service.key)
+    vip = allocations.service(service.key)
     return _with_vip(service, vip) if vip is not None else service
 
 
@@ -350,7 +386,7 @@ def _with(pod: Pod, node_name: str, ip: str | None, topology: Topology) -> Pod:
         ports=pod.ports,
         phase=pod.phase,
         ready=pod.ready,
-        placed=True,
+        placement=PodPlacement.ALLOCATED,
     )
 
 
@@ -369,7 +405,7 @@ def _place_services(
     topology: Topology,
     previous: Allocations,
     problems: list[PlacementProblem],
-) -> tuple[list[Service], dict[ObjectKey, str]]:
+) -> list[Service]:
     used: set[str] = set()
     owner_of_ip: dict[str, ObjectKey] = {}
     kept: dict[ObjectKey, Service] = {}
@@ -393,28 +429,23 @@ def _place_services(
     pool = _Pool(topology.service_cidr, used, skip=1)
     pending.sort(key=lambda s: (s.meta.namespace, s.meta.name))
     fresh: list[Service] = []
-    allocations: dict[ObjectKey, str] = {}
     for service in pending:
-        vip = previous.services.get(service.key)
+        vip = previous.service(service.key)
         if vip is not None and vip not in used and vip in pool:
             used.add(vip)
             kept[service.key] = _with_vip(service, vip)
-            allocations[service.key] = vip
         else:
             fresh.append(service)
-    placed, fresh_allocations = _place_fresh_services(fresh, pool, topology, problems)
-    for service in placed:
+    for service in _place_fresh_services(fresh, pool, topology, problems):
         kept[service.key] = service
-    allocations.update(fresh_allocations)
-    return [kept[s.key] for s in services if s.key in kept], allocations
+    return [kept[s.key] for s in services if s.key in kept]
 
 
 def _place_fresh_services(
     fresh: list[Service], pool: _Pool, topology: Topology, problems: list[PlacementProblem]
-) -> tuple[list[Service], dict[ObjectKey, str]]:
+) -> list[Service]:
     """Pass 3 for services, in the given order: the next free VIP each."""
     placed: list[Service] = []
-    allocations: dict[ObjectKey, str] = {}
     for service in fresh:
         vip = pool.take()
         if vip is None:
@@ -427,8 +458,7 @@ def _place_fresh_services(
             )
             continue
         placed.append(_with_vip(service, vip))
-        allocations[service.key] = vip
-    return placed, allocations
+    return placed
 
 
 def _with_vip(service: Service, vip: str) -> Service:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ambient_fast.controlplane.model.core import _Named
+from ambient_fast.controlplane.model.documents import SourceDocument
 from ambient_fast.controlplane.model.fields import (
     FieldError,
     Obj,
@@ -103,7 +104,7 @@ class AuthorizationPolicy(_Named):
     provider: str | None = None  # CUSTOM: the extension provider's name
     dry_run: bool = False  # annotation istio.io/dry-run: "true"
     # The document as written, carried to waypoints (see kinds.KindSpec.keep_source).
-    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    source: SourceDocument | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +150,7 @@ class RequestAuthentication(_Named):
     selector: Mapping[str, str] | None = None
     target_refs: tuple[PolicyTargetRef, ...] = ()
     # The document as written, carried to waypoints (see kinds.KindSpec.keep_source).
-    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    source: SourceDocument | None = field(default=None, compare=False, repr=False)
 
 
 def _selector(spec: Obj, key: str = "selector") -> Mapping[str, str] | None:

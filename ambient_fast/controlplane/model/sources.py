@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,28 +59,44 @@ class FileStamp:
     size: int
 
 
-def split_documents(source: SourceFile) -> tuple[list[RawDocument], ModelError | None]:
-    """All documents of a file, or none and the syntax error (a file is used whole or not)."""
-    documents: list[RawDocument] = []
+class YamlFailure(Exception):
+    """A file that is not YAML (syntax error): it is used whole or not at all."""
+
+    def __init__(self, error: ModelError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def iter_documents(source: SourceFile) -> Iterator[RawDocument]:
+    """The documents of a file, each built when asked for (so a caller that turns one into
+    objects before asking for the next never holds the whole file as YAML values); raises
+    `YamlFailure` where the text stops being YAML."""
     loader = _Loader(source.text)
     try:
+        index = 0
         while loader.check_node():
             node = loader.get_node()
-            body = _Builder(loader).build(node)
-            documents.append(RawDocument(len(documents) + 1, node.start_mark.line + 1, body))
+            index += 1
+            yield RawDocument(index, node.start_mark.line + 1, _Builder(loader).build(node))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
-        return [], ModelError(
-            source.path,
-            f"YAML syntax error: {problem}",
-            line=mark.line + 1 if mark is not None else None,
-        )
+        line = mark.line + 1 if mark is not None else None
+        raise YamlFailure(
+            ModelError(source.path, f"YAML syntax error: {problem}", line=line)
+        ) from None
     except yaml.YAMLError as exc:
-        return [], ModelError(source.path, f"YAML error: {exc}")
+        raise YamlFailure(ModelError(source.path, f"YAML error: {exc}")) from None
     finally:
         loader.dispose()
-    return documents, None
+
+
+def split_documents(source: SourceFile) -> tuple[list[RawDocument], ModelError | None]:
+    """All documents of a file, or none and the syntax error (a file is used whole or not)."""
+    try:
+        return list(iter_documents(source)), None
+    except YamlFailure as failure:
+        return [], failure.error
 
 
 # Lines that start a document, end one or hold a directive, at column 0. Only bare `---` lines

@@ -91,10 +91,13 @@ class LiveModel:
     def result(self) -> LoadResult | None:
         return self._result
 
-    def apply(self, changes: Mapping[str, FileChange]) -> Update:
-        """Apply new contents per path (None: deleted); rebuild if anything usable changed."""
+    def apply(self, changes: Mapping[str, FileChange] | Iterable[tuple[str, FileChange]]) -> Update:
+        """Apply new contents per path (None: deleted); rebuild if anything usable changed.
+        Given as (path, change) pairs, each file can be read only when its turn comes: one
+        text in memory at a time, not all of them."""
         edits: list[tuple[ParsedFile | None, ParsedFile | None]] = []
-        for path, change in changes.items():
+        pairs = changes.items() if isinstance(changes, Mapping) else changes
+        for path, change in pairs:
             state = self._files.get(path)
             good, digest = (state.good, state.digest) if state is not None else (None, None)
             if change is None:
@@ -196,21 +199,23 @@ class ModelWatcher:
         scan_started = self._now_ns()
         files, missing = expand_paths(self._paths)
         stamps = stat_sources(files)
-        changes: dict[str, FileChange] = {}
+        changed: dict[str, bool] = {}  # path -> whether it can be read
         for path, stamp in stamps.items():
             before = self._stamps.get(path)
             racy = stamp is not None and stamp.mtime_ns >= self._last_scan_ns - RACY_WINDOW_NS
             if stamp is None or stamp != before or racy:
-                changes[path] = read_source(path) if stamp is not None else None
+                changed[path] = stamp is not None
         for path in self._stamps.keys() - stamps.keys():
-            changes[path] = None
+            changed[path] = False
         self._stamps = {p: s for p, s in stamps.items() if s is not None}
         self._last_scan_ns = scan_started
         new_missing = {str(p.path): p for p in missing}
-        if not changes and new_missing == self._missing and self._model.result is not None:
+        if not changed and new_missing == self._missing and self._model.result is not None:
             return None
         self._missing = new_missing
-        update = self._model.apply(changes)
+        update = self._model.apply(
+            (path, read_source(path) if readable else None) for path, readable in changed.items()
+        )
         if missing:
             update = Update(
                 LoadResult(update.mesh, LoadReport((*missing, *update.report.problems))),

@@ -9,8 +9,9 @@ only (Deployments are read through their pods) updates just the resources those 
   (their services map).
 
 Everything else — namespaces, policies, Gateways and classes, routes, a waypoint's own
-Service, a Service that changes waypoint — may reach any resource: a full `translate()`.
-Either way the store ends up holding exactly what a full translation would put there.
+Service, a Service that changes waypoint — may reach any resource: a full translation
+(`publish_translation`). Either way the store ends up holding exactly what a full
+translation would put there.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from ambient_fast.controlplane.translate.translate import (
     SelectorPolicies,
     TranslateOptions,
     policies_selecting,
-    translate,
+    publish_translation,
 )
 from ambient_fast.controlplane.translate.waypoints import Traffic, bound_waypoint
 from ambient_fast.controlplane.translate.workloads import (
     Naming,
-    build_service,
-    build_workload,
+    service_address,
     service_resource_name,
+    workload_address,
     workload_uid,
 )
 from ambient_fast.xds.proto import waypoint_pb2 as wp
@@ -80,8 +81,7 @@ class LiveTranslation:
         changes = mesh.changes_since(before) if before is not None else None
         update = self._update(before, mesh, changes) if before is not None else None
         if update is None:
-            translation = translate(mesh, self.options)
-            translation.publish(store)
+            translation = publish_translation(mesh, self.options, store)
             self._selectors = translation.selectors
             self._notes = tuple(translation.notes.problems)
         else:
@@ -122,7 +122,7 @@ class LiveTranslation:
             if new is not None:
                 pods.update((p.namespace, p.name) for p in mesh.service_pods(new))
             if new is not None and not new.external_name:
-                address = wl.Address(service=build_service(mesh, new, naming))
+                address = service_address(mesh, new, naming)
                 update.addresses[service_resource_name(new, naming)] = address
             elif old is not None and not old.external_name:
                 update.removed.append(service_resource_name(old, naming))
@@ -135,8 +135,7 @@ class LiveTranslation:
             if new_pod is not None:
                 uid = workload_uid(new_pod, naming)
                 policies = policies_selecting(self._selectors, new_pod)
-                workload = build_workload(mesh, new_pod, naming, policies)
-                update.addresses[uid] = wl.Address(workload=workload)
+                update.addresses[uid] = workload_address(mesh, new_pod, naming, policies)
             elif old_pod is not None:
                 uid = workload_uid(old_pod, naming)
                 update.removed.append(uid)

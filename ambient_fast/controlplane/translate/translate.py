@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ambient_fast.controlplane.model import Mesh, Pod, selector_matches
@@ -17,9 +17,9 @@ from ambient_fast.controlplane.translate.waypoint_config import build_waypoint_c
 from ambient_fast.controlplane.translate.waypoints import attached, waypoint_targets
 from ambient_fast.controlplane.translate.workloads import (
     Naming,
-    build_service,
-    build_workload,
+    service_address,
     service_resource_name,
+    workload_address,
     workload_uid,
 )
 from ambient_fast.policy import Policy, Scope
@@ -81,9 +81,12 @@ class Translation:
     # The node-proxy Authorizations that select workloads by label, for `policies_selecting`.
     selectors: SelectorPolicies = field(default_factory=dict)
 
-    def publish(self, store: ResourceStore) -> None:
-        """Replaces the store's contents; only what changed reaches connected proxies."""
-        store.replace(ADDRESS_TYPE_URL, self.addresses)
+    def publish(
+        self, store: ResourceStore, addresses: Iterable[tuple[str, wl.Address]] | None = None
+    ) -> None:
+        """Replaces the store's contents; only what changed reaches connected proxies.
+        `addresses`, when given, stand for `self.addresses` (see `publish_translation`)."""
+        store.replace(ADDRESS_TYPE_URL, self.addresses if addresses is None else addresses)
         store.replace(AUTHORIZATION_TYPE_URL, self.authorizations)
         store.register_type(WAYPOINT_CONFIG_TYPE_URL)  # our own type; a no-op when served
         store.replace(WAYPOINT_CONFIG_TYPE_URL, self.waypoints)
@@ -142,23 +145,41 @@ def policies_selecting(selectors: SelectorPolicies, pod: Pod) -> tuple[str, ...]
 
 
 def translate(mesh: Mesh, options: TranslateOptions | None = None) -> Translation:
-    options = options or TranslateOptions()
+    """Every resource, all at once (offline tools, tests); the control plane streams them
+    into its store with `publish_translation`."""
+    out = _translate_all_but_addresses(mesh, options or TranslateOptions())
+    out.addresses = dict(address_resources(mesh, out))
+    return out
+
+
+def publish_translation(mesh: Mesh, options: TranslateOptions, store: ResourceStore) -> Translation:
+    """`translate(mesh, options).publish(store)`, with each Address serialized into the
+    store as it is built rather than all of them held at once (10k protobuf messages at
+    once leave the heap fragmented). The Translation returned has no `addresses`."""
+    out = _translate_all_but_addresses(mesh, options)
+    out.publish(store, address_resources(mesh, out))
+    return out
+
+
+def _translate_all_but_addresses(mesh: Mesh, options: TranslateOptions) -> Translation:
     naming = Naming(options.cluster_id, options.trust_domain, options.domain)
     out = Translation(options=options)
     _translate_policies(mesh, options, out)
-    selectors = _selected_pods(mesh, out.selectors)
+    out.waypoints = build_waypoint_configs(mesh, naming, options.root_namespace, out.notes)
+    return out
+
+
+def address_resources(mesh: Mesh, translation: Translation) -> Iterator[tuple[str, wl.Address]]:
+    """The Address resources (Workloads, then Services) by name, each built when asked for."""
+    options = translation.options
+    naming = Naming(options.cluster_id, options.trust_domain, options.domain)
+    selectors = _selected_pods(mesh, translation.selectors)
     for pod in mesh.pods:
         if not pod.ip:
             continue  # not scheduled: no address to route to yet
         policies = tuple(sorted(selectors.get((pod.namespace, pod.name), ())))
-        out.addresses[workload_uid(pod, naming)] = wl.Address(
-            workload=build_workload(mesh, pod, naming, policies)
-        )
+        yield workload_uid(pod, naming), workload_address(mesh, pod, naming, policies)
     for service in mesh.services:
         if service.external_name:
             continue
-        out.addresses[service_resource_name(service, naming)] = wl.Address(
-            service=build_service(mesh, service, naming)
-        )
-    out.waypoints = build_waypoint_configs(mesh, naming, options.root_namespace, out.notes)
-    return out
+        yield service_resource_name(service, naming), service_address(mesh, service, naming)

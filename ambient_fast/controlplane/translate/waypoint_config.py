@@ -11,12 +11,7 @@ A waypoint receives (reference 03, istiod's policyattachment.go):
 
 from __future__ import annotations
 
-import datetime
 from collections import defaultdict
-from collections.abc import Mapping
-from typing import Any
-
-import orjson
 
 from ambient_fast.controlplane.model import (
     AuthorizationPolicy,
@@ -41,9 +36,6 @@ from ambient_fast.xds.proto import waypoint_pb2 as wp
 
 # Kinds a waypoint receives, in the order its documents are listed.
 CARRIED_KINDS = ("AuthorizationPolicy", "RequestAuthentication", "HTTPRoute", "GRPCRoute")
-# Written by the API server, not by the user; never part of what a waypoint needs.
-_SERVER_FIELDS = ("status",)
-_SERVER_METADATA = ("managedFields", "resourceVersion", "generation")
 
 _NamespacedName = tuple[str, str]
 AttachedPolicy = AuthorizationPolicy | RequestAuthentication
@@ -68,23 +60,6 @@ def _unmatched_refs(policy: AttachedPolicy) -> list[str]:
     return reasons
 
 
-def _json_default(value: object) -> str:
-    # YAML turns unquoted timestamps into datetimes; the model keeps them as str() too.
-    if isinstance(value, datetime.date | datetime.time):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def document_json(source: Mapping[str, Any]) -> str:
-    """The document as JSON with sorted keys (deterministic: resource versions are hashes)."""
-    trimmed = {k: v for k, v in source.items() if k not in _SERVER_FIELDS}
-    metadata = trimmed.get("metadata")
-    if isinstance(metadata, Mapping):
-        trimmed["metadata"] = {k: v for k, v in metadata.items() if k not in _SERVER_METADATA}
-    options = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
-    return orjson.dumps(trimmed, default=_json_default, option=options).decode()
-
-
 class _Documents:
     """ConfigDocuments built once per object, however many waypoints receive it."""
 
@@ -99,15 +74,16 @@ class _Documents:
         return self._built[key]
 
     def _build(self, obj: Carried) -> wp.ConfigDocument | None:
-        if obj.source is None:
+        source = obj.source
+        if source is None:
             self._notes.add(str(obj.key), "not loaded from a document; not sent to waypoints")
             return None
-        try:
-            text = document_json(obj.source)
-        except (TypeError, orjson.JSONEncodeError) as e:
-            self._notes.add(str(obj.key), f"cannot be sent to waypoints as JSON: {e}")
+        if source.json is None:
+            self._notes.add(str(obj.key), f"cannot be sent to waypoints as JSON: {source.error}")
             return None
-        return wp.ConfigDocument(kind=obj.KIND, namespace=obj.namespace, name=obj.name, json=text)
+        return wp.ConfigDocument(
+            kind=obj.KIND, namespace=obj.namespace, name=obj.name, json=source.json
+        )
 
 
 def build_waypoint_configs(
