@@ -66,6 +66,12 @@ def _controlplane(args: argparse.Namespace) -> int:
     return run_controlplane(args)
 
 
+def _cni(args: argparse.Namespace) -> int:
+    from ambient_fast.cni.app import run
+
+    return run(args)
+
+
 def _ztunnel(args: argparse.Namespace) -> int:
     from ambient_fast.ztunnel.app import run
 
@@ -101,13 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ztunnel = sub.add_parser(
         "ztunnel",
-        help="the node proxy (dedicated mode): outbound 15001, HBONE 15008, plaintext 15006",
+        help="the node proxy: outbound 15001, HBONE 15008, plaintext 15006 (in-pod or dedicated)",
         description="Istio's ztunnel. Each setting is a flag or the environment variable shown"
         " (the flag wins).",
     )
     from ambient_fast.ztunnel.config import add_arguments as add_ztunnel_arguments
 
     add_ztunnel_arguments(ztunnel)
+
+    cni = sub.add_parser(
+        "cni", help="the CNI node agent: captures the node's ambient pods, hands them to ztunnel"
+    )
+    from ambient_fast.cni.app import add_arguments as add_cni_arguments
+
+    add_cni_arguments(cni)
 
     config = sub.add_parser("config", help="the xDS resources the control plane would serve")
     from ambient_fast.controlplane.commands import add_model_arguments
@@ -151,6 +164,7 @@ _HANDLERS = {
     "authz": _authz,
     "explain": _explain,
     "ztunnel": _ztunnel,
+    "cni": _cni,
 }
 
 

@@ -1,6 +1,6 @@
 """ztunnel in shared (in-pod) mode on two nodes, against our control plane, in namespaces
-(`two_nodes.py`: the control plane in the fabric, a ztunnel per node with the node's token,
-the test as CNI agent). Each test is a row of reference 03's traffic paths or one of issue
+(`two_nodes.py`: the control plane in the fabric, a ztunnel and an `ambient-fast cni` agent per
+node with the node's token). Each test is a row of reference 03's traffic paths or one of issue
 4's operations; they share one mesh and run in file order (drain last).
 """
 

@@ -1,5 +1,5 @@
 """The two-node mesh the netns suites share: topology, control plane, a ztunnel per node in
-shared mode, the test as CNI agent (istio-cni's TPROXY rules + ZDS), echo servers.
+shared mode and `ambient-fast cni` per node (istio-cni's rules + ZDS), echo servers.
 
   node-a: demo/client, demo/neighbour (captured), legacy/outsider (not captured)
   node-b: demo/server (captured, behind Service echo 10.96.0.10:80 -> 8080), legacy/plain
@@ -9,8 +9,8 @@ shared mode, the test as CNI agent (istio-cni's TPROXY rules + ZDS), echo server
 from __future__ import annotations
 
 import contextlib
-import shutil
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from mesh_harness import (
     READINESS_PORT,
     STATS_PORT,
     XDS_PORT,
-    AgentLoop,
     Echo,
     MeshProcess,
     echoes,
@@ -27,10 +26,7 @@ from mesh_harness import (
     tcp_open,
 )
 
-from ambient_fast.cni.rules import PolicyRoute, capture_rules
-from ambient_fast.cni.ztunnel_server import PodHandoff, ZtunnelServer
 from ambient_fast.topology import NodeSpec, PodSpec, Topology, build
-from ambient_fast.topology.commands import in_netns, run
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "meshes" / "two-nodes" / "mesh.yaml"
 NODES = [NodeSpec("node-a", "10.244.1.0/24"), NodeSpec("node-b", "10.244.2.0/24")]
@@ -41,7 +37,7 @@ PODS = {
     "server": PodSpec("server", "node-b", "10.244.2.10"),
     "plain": PodSpec("plain", "node-b", "10.244.2.20"),
 }
-CAPTURED = {"client": "client", "neighbour": "neighbour", "server": "server"}  # pod -> sa
+CAPTURED = ("client", "neighbour", "server")
 ECHO_VIP, NOBODY_VIP = "10.96.0.10", "10.96.0.11"
 ECHO_PORT, OUTSIDE_PORT = 8080, 9090
 TRUST = "spiffe://cluster.local/ns/demo/sa"
@@ -54,8 +50,14 @@ class Mesh:
     topology: Topology
     work: Path
     ztunnels: dict[str, MeshProcess]
+    agents: dict[str, MeshProcess]  # `ambient-fast cni` per node
     controlplane: list[MeshProcess]  # the current one last (the CP is restarted by a test)
     cert_ttl: str | None
+    redirect: str
+
+    def stop_extra_controlplanes(self) -> None:
+        for process in self.controlplane[1:]:
+            process.stop()
 
     def policies(self, text: str) -> None:
         """Replaces the policies file the control plane watches."""
@@ -93,12 +95,14 @@ def ztunnel_argv(work: Path, topology: Topology, node: str, cert_ttl: str | None
     ]  # fmt: skip
 
 
-def capture(topology: Topology, pod: str) -> None:
-    netns = topology.pods[pod].netns
-    in_netns(netns, "iptables-restore", "--noflush", stdin=capture_rules())
-    route = PolicyRoute()
-    run("ip", "-n", netns, "rule", "add", *route.rule)
-    run("ip", "-n", netns, "route", "add", *route.route)
+def cni_argv(work: Path, topology: Topology, node: str, redirect: str) -> list[str]:
+    return [
+        "cni", "--node-name", node, "--ztunnel-socket", str(work / f"{node}.sock"),
+        "--xds-address", f"https://{topology.fabric_ip}:{XDS_PORT}",
+        "--xds-root-cert", str(work / "controlplane" / "root-cert.pem"),
+        "--token-file", str(work / "controlplane" / "node-tokens" / f"{node}.token"),
+        "--redirect", redirect,
+    ]  # fmt: skip
 
 
 def wait_ready(topology: Topology, node: str, process: MeshProcess) -> None:
@@ -111,53 +115,68 @@ def wait_ready(topology: Topology, node: str, process: MeshProcess) -> None:
     process.wait_for("readiness", ready)
 
 
+def wait_captured(mesh: Mesh, pods: Iterable[str]) -> None:
+    """Until each node agent has logged the capture of its pods among `pods`."""
+    for pod in pods:
+        agent = mesh.agents[PODS[pod].node]
+        agent.wait_for(
+            f"capture of {pod}", functools.partial(_logged, agent, f"captured demo/{pod} ")
+        )
+
+
+def _logged(process: MeshProcess, text: str) -> bool:
+    return text in process.log.read_text()
+
+
+def mesh_yaml(captured: bool) -> str:
+    text = FIXTURE.read_text()
+    return (
+        text
+        if captured
+        else text.replace("istio.io/dataplane-mode: ambient", "{}").replace(
+            "  labels:\n    {}", "  labels: {}"
+        )
+    )
+
+
 @contextlib.contextmanager
-def running_mesh(work: Path, cert_ttl: str | None = None) -> Iterator[Mesh]:
-    """Everything up, pods captured and handed over; all of it stopped and deleted on exit.
+def running_mesh(
+    work: Path, cert_ttl: str | None = None, *, captured: bool = True, redirect: str = "iptables"
+) -> Iterator[Mesh]:
+    """Everything up (control plane, a CNI agent and a ztunnel per node, echoes) and, with
+    `captured`, the `demo` pods enrolled; all of it stopped and deleted on exit.
     `cert_ttl`: workload certificate lifetime (the control plane's minimum follows it)."""
     (work / "config").mkdir()
-    shutil.copy(FIXTURE, work / "config" / "mesh.yaml")
+    (work / "config" / "mesh.yaml").write_text(mesh_yaml(captured))
     (work / "config" / "policies.yaml").write_text("# no policies yet\n")
-    agents = AgentLoop()
     with build(NODES, list(PODS.values())) as topology:
         fabric = topology.fabric_netns
-        with process_in(
-            topology, fabric, "controlplane", controlplane_argv(work, topology, cert_ttl), {}, work
-        ) as controlplane:
+        with contextlib.ExitStack() as stack:
+            controlplane = stack.enter_context(process_in(
+                topology, fabric, "controlplane", controlplane_argv(work, topology, cert_ttl), {},
+                work,
+            ))  # fmt: skip
             controlplane.wait_for(
                 "xDS port", lambda: tcp_open(topology, fabric, topology.fabric_ip, XDS_PORT)
             )
-            servers = {n.name: ZtunnelServer(work / f"{n.name}.sock") for n in NODES}
-            for server in servers.values():
-                agents.call(server.start())
-            mesh = Mesh(topology, work, {}, [controlplane], cert_ttl)
-            try:
-                with contextlib.ExitStack() as stack:
-                    for node in servers:
-                        mesh.ztunnels[node] = stack.enter_context(
-                            process_in(topology, topology.nodes[node].netns, f"ztunnel-{node}",
-                                       ztunnel_argv(work, topology, node, cert_ttl), {}, work)
-                        )  # fmt: skip
-                    for node, process in mesh.ztunnels.items():
-                        wait_ready(topology, node, process)
-                    for pod, account in CAPTURED.items():
-                        spec = PODS[pod]
-                        capture(topology, pod)
-                        handoff = PodHandoff(
-                            f"Kubernetes//Pod/demo/{pod}", pod, "demo", account,
-                            f"/run/netns/{topology.pods[pod].netns}",
-                        )  # fmt: skip
-                        agents.call(servers[spec.node].add(handoff))
-                    with echoes(topology, {"server": ECHO_PORT, "neighbour": ECHO_PORT,
-                                           "plain": ECHO_PORT}):  # fmt: skip
-                        outside = Echo(topology, "outside", OUTSIDE_PORT, netns=fabric)
-                        try:
-                            yield mesh
-                        finally:
-                            outside.close()
-            finally:
-                for server in servers.values():
-                    agents.call(server.close())
-                for process in mesh.controlplane[1:]:
-                    process.stop()
-    agents.close()
+            mesh = Mesh(topology, work, {}, {}, [controlplane], cert_ttl, redirect)
+            stack.callback(mesh.stop_extra_controlplanes)
+            for node in (n.name for n in NODES):
+                netns = topology.nodes[node].netns
+                mesh.agents[node] = stack.enter_context(process_in(
+                    topology, netns, f"cni-{node}", cni_argv(work, topology, node, redirect), {},
+                    work,
+                ))  # fmt: skip
+                mesh.ztunnels[node] = stack.enter_context(process_in(
+                    topology, netns, f"ztunnel-{node}",
+                    ztunnel_argv(work, topology, node, cert_ttl), {}, work,
+                ))  # fmt: skip
+            for node, process in mesh.ztunnels.items():
+                wait_ready(topology, node, process)
+            if captured:
+                wait_captured(mesh, CAPTURED)
+            stack.enter_context(echoes(topology, {"server": ECHO_PORT, "neighbour": ECHO_PORT,
+                                                  "plain": ECHO_PORT}))  # fmt: skip
+            outside = Echo(topology, "outside", OUTSIDE_PORT, netns=fabric)
+            stack.callback(outside.close)
+            yield mesh
