@@ -91,16 +91,20 @@ class CniAgent:
                 pass
 
     async def reconcile_leftovers(self) -> None:
-        """After an agent restart: capture found in a namespace whose pod is not enrolled
-        (any more) is removed; enrolled pods are taken over by the next `reconcile`."""
-        wanted = {pod.ip for pod in enrolled_pods(self.store.workloads(), self.node).values()}
+        """After an agent restart: capture found in the namespace of a pod of this node that
+        is not enrolled (any more) is removed; enrolled pods are taken over by the next
+        `reconcile`. Only this node's pods count: a namespace holding no address of them is
+        another node's business (several nodes can share one machine)."""
+        on_node = [w for w in self.store.workloads() if w.node == self.node]
+        enrolled = {pod.ip for pod in enrolled_pods(on_node, self.node).values()}
+        released = {str(ip) for w in on_node for ip in w.ips} - enrolled
         for path, ips in await self._blocking(self.finder.namespaces):
-            if ips & wanted:
+            if not ips & released or ips & enrolled:
                 continue
             if await self._blocking(functools.partial(self.capture.is_installed, path)):
-                log.info("cni: removing leftover capture in %s (%s): no enrolled pod there",
-                         path, ", ".join(sorted(ips)) or "no IPv4")  # fmt: skip
                 await self._blocking(functools.partial(self.capture.remove, path))
+                log.info("cni: removed leftover capture in %s (%s): pod not enrolled",
+                         path, ", ".join(sorted(ips)))  # fmt: skip
 
     async def reconcile(self) -> None:
         desired = enrolled_pods(self.store.workloads(), self.node)

@@ -5,7 +5,6 @@ context manager deletes the namespaces)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -16,10 +15,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import ambient_fast
 from ambient_fast.topology import Topology
@@ -206,23 +205,3 @@ def echoes(topology: Topology, pods: Mapping[str, int]) -> Iterator[dict[str, Ec
     finally:
         for server in servers.values():
             server.close()
-
-
-# -- the node agents' end of ZDS, on a loop of their own -----------------------------------
-
-
-class AgentLoop:
-    """An event loop in a thread for the node agents' ZDS servers (the tests are blocking)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="agents", daemon=True)
-        self._thread.start()
-
-    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = IO_TIMEOUT) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(IO_TIMEOUT)
-        self.loop.close()

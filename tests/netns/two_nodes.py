@@ -54,6 +54,13 @@ class Mesh:
     controlplane: list[MeshProcess]  # the current one last (the CP is restarted by a test)
     cert_ttl: str | None
     redirect: str
+    # Processes a test starts for the rest of the module (a restarted ztunnel or agent).
+    stack: contextlib.ExitStack
+
+    def start(self, namespace: str, name: str, argv: list[str]) -> MeshProcess:
+        return self.stack.enter_context(
+            process_in(self.topology, namespace, name, argv, {}, self.work)
+        )
 
     def stop_extra_controlplanes(self) -> None:
         for process in self.controlplane[1:]:
@@ -115,13 +122,16 @@ def wait_ready(topology: Topology, node: str, process: MeshProcess) -> None:
     process.wait_for("readiness", ready)
 
 
+def wait_logged(process: MeshProcess, lines: Iterable[str]) -> None:
+    """Until `process` has logged each of `lines` (substrings)."""
+    for line in lines:
+        process.wait_for(repr(line), functools.partial(_logged, process, line))
+
+
 def wait_captured(mesh: Mesh, pods: Iterable[str]) -> None:
     """Until each node agent has logged the capture of its pods among `pods`."""
     for pod in pods:
-        agent = mesh.agents[PODS[pod].node]
-        agent.wait_for(
-            f"capture of {pod}", functools.partial(_logged, agent, f"captured demo/{pod} ")
-        )
+        wait_logged(mesh.agents[PODS[pod].node], [f"captured demo/{pod} "])
 
 
 def _logged(process: MeshProcess, text: str) -> bool:
@@ -159,7 +169,7 @@ def running_mesh(
             controlplane.wait_for(
                 "xDS port", lambda: tcp_open(topology, fabric, topology.fabric_ip, XDS_PORT)
             )
-            mesh = Mesh(topology, work, {}, {}, [controlplane], cert_ttl, redirect)
+            mesh = Mesh(topology, work, {}, {}, [controlplane], cert_ttl, redirect, stack)
             stack.callback(mesh.stop_extra_controlplanes)
             for node in (n.name for n in NODES):
                 netns = topology.nodes[node].netns
