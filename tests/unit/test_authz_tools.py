@@ -167,3 +167,59 @@ def test_jwt_at_the_waypoint(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert orjson.loads(capsys.readouterr().out)["policy"] == "bookinfo/reviews-need-token"
     assert main([*base, "--jwt", token[:-6] + "AAAAAA"]) == 1
     assert "JWT rejected (401)" in orjson.loads(capsys.readouterr().out)["reason"]
+
+
+WAYPOINT_INSTANCES_AND_DETAILS_POLICY = """
+# The waypoint's Deployment, as istiod's deployment controller makes it.
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: waypoint, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+  template:
+    metadata: {labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+    spec: {serviceAccountName: waypoint}
+---
+# ALLOW-only at details' ztunnel: sleep, not the waypoint that relays sleep's requests.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: details-from-sleep, namespace: bookinfo}
+spec:
+  selector: {matchLabels: {app: details}}
+  rules: [{from: [{source: {principals: [cluster.local/ns/sleep/sa/sleep]}}]}]
+"""
+
+
+def test_auto_allow_waypoint_policy_lets_the_waypoint_through_allow_only_policies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mesh = tmp_path / "bookinfo"
+    shutil.copytree(BOOKINFO, mesh)
+    (mesh / "waypoint-allow.yaml").write_text(WAYPOINT_INSTANCES_AND_DETAILS_POLICY)
+    check = ["authz", "check", "-f", str(mesh), "--json", "--from", "sleep/sleep"]
+    to_details = [*check, "--to", "details.bookinfo:9080"]
+
+    assert main(to_details) == 1  # off, as in istiod: the waypoint's identity is not allowed
+    denied = orjson.loads(capsys.readouterr().out)
+    assert (denied["decision"], denied["enforced_by"]) == ("DENY", ["waypoint", "ztunnel"])
+    assert "ztunnel of bookinfo/details-v1-" in denied["reason"]
+
+    assert main([*to_details, "--auto-allow-waypoint-policy"]) == 0
+    allowed = orjson.loads(capsys.readouterr().out)
+    assert (allowed["decision"], allowed["enforced_by"]) == ("ALLOW", ["waypoint", "ztunnel"])
+    assert allowed["policy"] == "bookinfo/istio_allow_waypoint_bookinfo_waypoint"
+
+    monkeypatch.setenv("PILOT_AUTO_ALLOW_WAYPOINT_POLICY", "true")
+    assert main(to_details) == 0
+    capsys.readouterr()
+    # Straight to details' pod (pod traffic skips a service waypoint) from productpage: its
+    # identity is neither sleep's nor the waypoint's, so the ALLOWs deny it.
+    main(["config", "-f", str(mesh)])
+    addresses = orjson.loads(capsys.readouterr().out)["resources"][
+        "type.googleapis.com/istio.workload.Address"
+    ]
+    pods = [uid.rsplit("/", 1)[1] for uid in addresses if "//Pod/bookinfo/" in uid]
+    pod = {name.split("-")[0]: f"bookinfo/{name}" for name in pods}
+    direct = ["authz", "check", "-f", str(mesh), "--json", "--port", "9080"]
+    assert main([*direct, "--from", pod["productpage"], "--to", pod["details"]]) == 1
+    assert orjson.loads(capsys.readouterr().out)["enforced_by"] == ["ztunnel"]

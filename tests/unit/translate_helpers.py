@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from ambient_fast.controlplane.model import SourceFile, load_sources
-from ambient_fast.controlplane.translate.translate import Translation, translate
+from ambient_fast.controlplane.translate.translate import TranslateOptions, Translation, translate
 
 GATEWAY_CLASS = """
 apiVersion: gateway.networking.k8s.io/v1
@@ -68,11 +68,11 @@ spec:
 """
 
 
-def translate_yaml(*documents: str) -> Translation:
+def translate_yaml(*documents: str, options: TranslateOptions | None = None) -> Translation:
     text = "\n---\n".join(textwrap.dedent(d) for d in documents)
     result = load_sources([SourceFile("mesh.yaml", text)])
     assert not result.report.errors, [str(e) for e in result.report.errors]
-    return translate(result.mesh)
+    return translate(result.mesh, options)
 
 
 def as_json(message: Any) -> dict[str, Any]:

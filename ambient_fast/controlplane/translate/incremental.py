@@ -9,9 +9,10 @@ only (Deployments are read through their pods) updates just the resources those 
   (their services map).
 
 Everything else — namespaces, policies, Gateways and classes, routes, a waypoint's own
-Service, a Service that changes waypoint — may reach any resource: a full translation
-(`publish_translation`). Either way the store ends up holding exactly what a full
-translation would put there.
+Service, a Service that changes waypoint, a waypoint's instance pod when its identities are
+ALLOWed at its workloads (`auto_allow_waypoint_policy`) — may reach any resource: a full
+translation (`publish_translation`). Either way the store ends up holding exactly what a
+full translation would put there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from ambient_fast.controlplane.translate.translate import (
     policies_selecting,
     publish_translation,
 )
-from ambient_fast.controlplane.translate.waypoints import Traffic, bound_waypoint
+from ambient_fast.controlplane.translate.waypoint_allow import WaypointAllows
+from ambient_fast.controlplane.translate.waypoints import (
+    GATEWAY_NAME_LABEL,
+    Traffic,
+    bound_waypoint,
+)
 from ambient_fast.controlplane.translate.workloads import (
     Naming,
     service_address,
@@ -72,6 +78,7 @@ class LiveTranslation:
         self._store: ResourceStore | None = None
         self._translated_with = self.options
         self._selectors: SelectorPolicies = {}
+        self._waypoint_allows = WaypointAllows()
         self._notes: tuple[str, ...] = ()
 
     def publish(self, mesh: Mesh, store: ResourceStore) -> Published:
@@ -83,6 +90,7 @@ class LiveTranslation:
         if update is None:
             translation = publish_translation(mesh, self.options, store)
             self._selectors = translation.selectors
+            self._waypoint_allows = translation.waypoint_allows
             self._notes = tuple(translation.notes.problems)
         else:
             if update.addresses or update.removed:
@@ -130,11 +138,14 @@ class LiveTranslation:
         left: dict[_NamespacedName, set[str]] = {}
         for namespace, name in sorted(pods):
             old_pod, new_pod = before.pod(namespace, name), mesh.pod(namespace, name)
+            if options.auto_allow_waypoint_policy and _instance_of_waypoint(old_pod, new_pod):
+                return None  # the waypoint's identities: its synthetic ALLOW, who lists it
             old_pod = old_pod if old_pod is not None and old_pod.ip else None
             new_pod = new_pod if new_pod is not None and new_pod.ip else None
             if new_pod is not None:
                 uid = workload_uid(new_pod, naming)
                 policies = policies_selecting(self._selectors, new_pod)
+                policies += self._waypoint_allows.for_pod(mesh, new_pod)
                 update.addresses[uid] = workload_address(mesh, new_pod, naming, policies)
             elif old_pod is not None:
                 uid = workload_uid(old_pod, naming)
@@ -159,6 +170,10 @@ class LiveTranslation:
             config.bound_workloads.extend(sorted(bound))
             update.waypoints[name] = config
         return update
+
+
+def _instance_of_waypoint(*pods: Pod | None) -> bool:
+    return any(pod is not None and GATEWAY_NAME_LABEL in pod.labels for pod in pods)
 
 
 def _service_waypoint(mesh: Mesh, service: Service | None) -> _NamespacedName | None:

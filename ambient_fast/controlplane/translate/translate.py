@@ -13,6 +13,7 @@ from ambient_fast.controlplane.translate.policies import (
     translate_authorization,
     translate_peer_authentication,
 )
+from ambient_fast.controlplane.translate.waypoint_allow import WaypointAllows
 from ambient_fast.controlplane.translate.waypoint_config import build_waypoint_configs
 from ambient_fast.controlplane.translate.waypoints import attached, waypoint_targets
 from ambient_fast.controlplane.translate.workloads import (
@@ -38,6 +39,8 @@ from ambient_fast.xds.resources import (
 DEFAULT_CLUSTER_ID = "Kubernetes"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 DEFAULT_DOMAIN = "cluster.local"
+# istiod's PILOT_AUTO_ALLOW_WAYPOINT_POLICY (pilot/pkg/features/ambient.go): off.
+DEFAULT_AUTO_ALLOW_WAYPOINT_POLICY = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,8 @@ class TranslateOptions:
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     domain: str = DEFAULT_DOMAIN
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    # A synthetic ALLOW of each waypoint's identities at its workloads (waypoint_allow.py).
+    auto_allow_waypoint_policy: bool = DEFAULT_AUTO_ALLOW_WAYPOINT_POLICY
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,8 @@ class Translation:
     options: TranslateOptions = field(default_factory=lambda: TranslateOptions())
     # The node-proxy Authorizations that select workloads by label, for `policies_selecting`.
     selectors: SelectorPolicies = field(default_factory=dict)
+    # The synthetic ALLOWs of waypoint identities (auto_allow_waypoint_policy), if enabled.
+    waypoint_allows: WaypointAllows = field(default_factory=WaypointAllows)
 
     def publish(
         self, store: ResourceStore, addresses: Iterable[tuple[str, wl.Address]] | None = None
@@ -165,6 +172,11 @@ def _translate_all_but_addresses(mesh: Mesh, options: TranslateOptions) -> Trans
     naming = Naming(options.cluster_id, options.trust_domain, options.domain)
     out = Translation(options=options)
     _translate_policies(mesh, options, out)
+    if options.auto_allow_waypoint_policy:
+        out.waypoint_allows = WaypointAllows.of(mesh, options.trust_domain)
+        for policy in out.waypoint_allows.policies:
+            out.policies.append(policy)
+            out.authorizations[policy.key] = to_authorization(policy)
     out.waypoints = build_waypoint_configs(mesh, naming, options.root_namespace, out.notes)
     return out
 
@@ -178,6 +190,7 @@ def address_resources(mesh: Mesh, translation: Translation) -> Iterator[tuple[st
         if not pod.ip:
             continue  # not scheduled: no address to route to yet
         policies = tuple(sorted(selectors.get((pod.namespace, pod.name), ())))
+        policies += translation.waypoint_allows.for_pod(mesh, pod)
         yield workload_uid(pod, naming), workload_address(mesh, pod, naming, policies)
     for service in mesh.services:
         if service.external_name:
