@@ -1,112 +1,17 @@
-"""A small ambient mesh in namespaces for tests: the control plane in the fabric namespace,
-`ambient-fast ztunnel` processes, TCP echo servers in pods, and ways to look at them from
-inside a namespace. Processes are stopped and sockets closed on exit (the topology's own
-context manager deletes the namespaces)."""
+"""What the netns tests run in pods and how they look at the mesh: TCP echo servers (Istio
+echo's Key=Value lines), clients dialling from inside a pod, Prometheus counters."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TypeVar
 
-import ambient_fast
 from ambient_fast.topology import Topology
 
-# Subprocesses run the ambient_fast this process imported (tests/integration/installed.py).
-PACKAGE_ROOT = Path(ambient_fast.__file__).resolve().parents[1]
-
-T = TypeVar("T")
-XDS_PORT = 15012
-READINESS_PORT = 15021
-STATS_PORT = 15020
-ADMIN_PORT = 15000
-# Starting a Python process and warming xDS and certificates on a loaded 2-core machine.
-START_DEADLINE = 30.0
 IO_TIMEOUT = 10.0
-
-
-@dataclass
-class MeshProcess:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 60) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = IO_TIMEOUT) -> int:
-        if self.alive():
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-    def wait_for(self, what: str, ok: Callable[[], bool], within: float = START_DEADLINE) -> None:
-        """Polls `ok` (OSError counts as not yet) while the process lives."""
-        end = time.monotonic() + within
-        while True:
-            if not self.alive():
-                raise AssertionError(
-                    f"{self.name} exited {self.popen.returncode} waiting for {what}:\n{self.tail()}"
-                )
-            with contextlib.suppress(OSError):
-                if ok():
-                    return
-            if time.monotonic() > end:
-                raise AssertionError(f"{self.name}: no {what} after {within:.0f} s:\n{self.tail()}")
-            time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def process_in(
-    topology: Topology, namespace: str, name: str, argv: list[str], env: Mapping[str, str],
-    logs: Path,
-) -> Iterator[MeshProcess]:  # fmt: skip
-    """`ambient-fast <argv>` in `namespace`, logging to `logs/<name>.log`; stopped on exit."""
-    log = logs / f"{name}.log"
-    command = [sys.executable, "-m", "ambient_fast.cli", *argv]
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            topology.exec_argv(namespace, command), stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, **env}, cwd=PACKAGE_ROOT,
-        )  # fmt: skip
-    process = MeshProcess(name, popen, log)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-def http_get(topology: Topology, namespace: str, url: str, timeout: float = 2.0) -> tuple[int, str]:
-    with topology.entered(namespace):
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                return int(response.status), response.read().decode(errors="replace")
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode(errors="replace")
-
-
-def tcp_open(topology: Topology, namespace: str, host: str, port: int) -> bool:
-    with topology.entered(namespace), socket.create_connection((host, port), timeout=1.0):
-        return True
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:

@@ -7,8 +7,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from mesh_harness import ADMIN_PORT, ask, http_get
+from mesh_harness import ask
 from two_nodes import ECHO_VIP, TRUST, Mesh, running_mesh
+
+from ambient_fast.mesh.cluster import ADMIN_PORT
+from ambient_fast.mesh.process import http_get
 
 
 @pytest.fixture(scope="module")

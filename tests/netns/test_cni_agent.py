@@ -16,13 +16,10 @@ from two_nodes import (
     PODS,
     TRUST,
     Mesh,
-    cni_argv,
     mesh_yaml,
     running_mesh,
     wait_captured,
-    wait_logged,
-    wait_ready,
-    ztunnel_argv,
+    write_config,
 )
 
 from ambient_fast.topology.commands import in_netns, run
@@ -35,9 +32,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def label(mesh: Mesh, captured: bool) -> None:
-    staged = mesh.work / "mesh.yaml.new"
-    staged.write_text(mesh_yaml(captured))
-    staged.replace(mesh.work / "config" / "mesh.yaml")
+    write_config(mesh, "mesh.yaml", mesh_yaml(captured))
 
 
 def inbound_lines(mesh: Mesh) -> int:
@@ -85,19 +80,15 @@ def test_labelling_the_namespace_captures_live_without_restarting_the_server(mes
 
 def test_restarting_ztunnel_keeps_pods_enrolled(mesh: Mesh) -> None:
     assert mesh.ztunnels["node-b"].stop() == 0
-    topology = mesh.topology
-    argv = ztunnel_argv(mesh.work, topology, "node-b", mesh.cert_ttl)
-    again = mesh.start(topology.nodes["node-b"].netns, "ztunnel-node-b-again", argv)
-    mesh.ztunnels["node-b"] = again
-    wait_ready(topology, "node-b", again)  # ready = the agent's snapshot arrived
-    assert ask(topology, "client", ECHO_VIP, 80).hostname == "server"
+    mesh.start_ztunnel("node-b", "ztunnel-node-b-again")
+    mesh.wait_ready("node-b")  # ready = the agent's snapshot arrived
+    assert ask(mesh.topology, "client", ECHO_VIP, 80).hostname == "server"
 
 
 def test_restarting_the_agent_adds_no_duplicate_rules(mesh: Mesh) -> None:
     topology = mesh.topology
     assert mesh.agents["node-a"].stop() == 0
-    argv = cni_argv(mesh.work, topology, "node-a", mesh.redirect)
-    mesh.agents["node-a"] = mesh.start(topology.nodes["node-a"].netns, "cni-node-a-again", argv)
+    mesh.start_agent("node-a", "cni-node-a-again")
     wait_captured(mesh, ("client", "neighbour"))
     for pod in ("client", "neighbour"):
         saved, ip_rules = rules(mesh, pod)
@@ -109,15 +100,12 @@ def test_restarting_the_agent_adds_no_duplicate_rules(mesh: Mesh) -> None:
 
 def test_a_crashed_agents_leftovers_are_removed_by_the_next(mesh: Mesh) -> None:
     topology = mesh.topology
-    netns = topology.nodes["node-a"].netns
-    argv = cni_argv(mesh.work, topology, "node-a", mesh.redirect)
     mesh.agents["node-a"].stop(signal.SIGKILL)  # crashed: the pods stay captured
     label(mesh, captured=False)  # while no agent runs on node-a
-    wait_logged(mesh.agents["node-b"], ["released demo/server "])
-    following = mesh.start(netns, "cni-node-a-next", argv)
-    mesh.agents["node-a"] = following
-    wait_logged(following, ["leftover capture in /run/netns/" + topology.pods[p].netns
-                            for p in ("client", "neighbour")])  # fmt: skip
+    mesh.agents["node-b"].wait_logged("released demo/server ")
+    following = mesh.start_agent("node-a", "cni-node-a-next")
+    following.wait_logged(*(f"leftover capture in /run/netns/{topology.pods[p].netns}"
+                            for p in ("client", "neighbour")))  # fmt: skip
     assert_no_capture_left(mesh)
     # And traffic goes direct again.
     reply = ask(topology, "client", PODS["server"].ip, ECHO_PORT)

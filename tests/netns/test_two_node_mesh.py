@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from mesh_harness import ask, dial, exchange, metric_total, process_in
+from mesh_harness import ask, dial, exchange, metric_total
 from two_nodes import (
     ECHO_PORT,
     ECHO_VIP,
@@ -21,8 +21,8 @@ from two_nodes import (
     PROPAGATION_S,
     TRUST,
     Mesh,
-    controlplane_argv,
     running_mesh,
+    write_config,
 )
 
 
@@ -143,7 +143,7 @@ def test_allow_policy_admits_its_principal_only_and_cuts_live_connections(mesh: 
     held = dial(mesh.topology, "neighbour", PODS["server"].ip, ECHO_PORT)
     with held:
         assert exchange(held).hostname == "server"
-        mesh.policies(ALLOW_CLIENT_ONLY)
+        write_config(mesh, "policies.yaml", ALLOW_CLIENT_ONLY)
         try:
             eventually_refused(mesh, "neighbour")
             eventually_refused(mesh, "outsider")  # plaintext: no identity to match
@@ -154,19 +154,19 @@ def test_allow_policy_admits_its_principal_only_and_cuts_live_connections(mesh: 
                     exchange(held)
                     time.sleep(0.1)
         finally:
-            mesh.policies("# no policies\n")
+            write_config(mesh, "policies.yaml", "# no policies\n")
     mesh.ztunnels["node-b"].wait_for(
         "the policy's removal", lambda: ask(mesh.topology, "neighbour", ECHO_VIP, 80) is not None
     )
 
 
 def test_strict_peer_authentication_refuses_plaintext_only(mesh: Mesh) -> None:
-    mesh.policies(STRICT)
+    write_config(mesh, "policies.yaml", STRICT)
     try:
         eventually_refused(mesh, "outsider")
         assert ask(mesh.topology, "client", ECHO_VIP, 80).hostname == "server"
     finally:
-        mesh.policies("# no policies\n")
+        write_config(mesh, "policies.yaml", "# no policies\n")
     mesh.ztunnels["node-b"].wait_for(
         "STRICT's removal",
         lambda: ask(mesh.topology, "outsider", PODS["server"].ip, ECHO_PORT) is not None,
@@ -187,18 +187,10 @@ def test_control_plane_away_for_30s_keeps_known_destinations_working(mesh: Mesh)
             exchange(held)
             assert ask(topology, "client", ECHO_VIP, 80).hostname == "server"
             time.sleep(1)
-        argv = controlplane_argv(mesh.work, topology, mesh.cert_ttl)
-        with process_in(
-            topology, topology.fabric_netns, "controlplane-again", argv, {}, mesh.work
-        ) as again:
-            mesh.controlplane.append(again)
-
-            def resumed() -> bool:
-                return "xds: stream resumed" in again.log.read_text()
-
-            again.wait_for("a ztunnel resuming its stream", resumed)
-            exchange(held)
-            assert ask(topology, "client", ECHO_VIP, 80).hostname == "server"
+        again = mesh.start_controlplane("controlplane-again")
+        again.wait_logged("xds: stream resumed")  # a ztunnel echoing its resource versions
+        exchange(held)
+        assert ask(topology, "client", ECHO_VIP, 80).hostname == "server"
 
 
 def test_drain_lets_an_open_connection_finish_and_refuses_new_ones(mesh: Mesh) -> None:
