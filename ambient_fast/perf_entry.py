@@ -37,6 +37,10 @@ def run_perf(args: argparse.Namespace) -> int:
         from perf import controlplane
 
         return controlplane.run(args.json)
+    if args.suite == "cni":
+        from perf import cni
+
+        return cni.run(args.duration, args.json)
     if args.suite == "ztunnel":
         from perf import ztunnel_pair
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from ambient_fast.cni.enrolment import Enrolment, enrolled_pods
-from ambient_fast.cni.netns_finder import NetnsFinder
+from ambient_fast.cni.netns_finder import AmbiguousNetns, NetnsFinder
 from ambient_fast.cni.ztunnel_server import PodHandoff, ZdsAckError, ZtunnelServer
 from ambient_fast.state import StateStore
 from ambient_fast.state.store import StateChange
@@ -101,10 +101,13 @@ class CniAgent:
         for path, ips in await self._blocking(self.finder.namespaces):
             if not ips & released or ips & enrolled:
                 continue
-            if await self._blocking(functools.partial(self.capture.is_installed, path)):
-                await self._blocking(functools.partial(self.capture.remove, path))
-                log.info("cni: removed leftover capture in %s (%s): pod not enrolled",
-                         path, ", ".join(sorted(ips)))  # fmt: skip
+            try:
+                if await self._blocking(functools.partial(self.capture.is_installed, path)):
+                    await self._blocking(functools.partial(self.capture.remove, path))
+                    log.info("cni: removed leftover capture in %s (%s): pod not enrolled",
+                             path, ", ".join(sorted(ips)))  # fmt: skip
+            except Exception as e:  # one namespace's trouble must not stop the agent
+                log.warning("cni: leftover capture in %s: %s", path, e)
 
     async def reconcile(self) -> None:
         desired = enrolled_pods(self.store.workloads(), self.node)
@@ -121,7 +124,11 @@ class CniAgent:
             await self._enrol(pod)
 
     async def _enrol(self, pod: Enrolment) -> None:
-        path = await self._blocking(lambda: self.finder.find(pod.ip))
+        try:
+            path = await self._blocking(lambda: self.finder.find(pod.ip))
+        except AmbiguousNetns as e:
+            self._pend(pod, f"not captured: {e}")
+            return
         if path is None:
             self._pend(pod, f"no network namespace holds {pod.ip} yet")
             return

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ambient_fast.cni.agent import Capture, CniAgent
 from ambient_fast.cni.iptables import IptablesCapture
+from ambient_fast.cni.netns_finder import NetnsFinder
 from ambient_fast.cni.rules import DEFAULT_PROBE_SOURCE, CaptureConfig, Variant
 from ambient_fast.cni.ztunnel_server import DEFAULT_SOCKET, ZtunnelServer
 from ambient_fast.state import StateStore
@@ -53,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="inbound capture by TPROXY or nat REDIRECT (default: %(default)s)")  # fmt: skip
     add("--probe-source", default=DEFAULT_PROBE_SOURCE,
         help="kubelet probe source, not captured; '' for none (default: %(default)s)")  # fmt: skip
+    add("--netns-prefix", default=None,
+        help="only named namespaces (/run/netns) starting with this hold pods: several "
+        "meshes on one machine")  # fmt: skip
     add("--capture-dns", action="store_true",
         help="redirect the pods' DNS (UDP 53) to the proxy's 15053")  # fmt: skip
 
@@ -80,7 +84,9 @@ async def serve(args: argparse.Namespace) -> None:
         store,
     )  # fmt: skip
     server = ZtunnelServer(args.ztunnel_socket)
-    agent = CniAgent(args.node_name, store, server, capture_for(args))
+    agent = CniAgent(
+        args.node_name, store, server, capture_for(args), NetnsFinder(args.netns_prefix)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):

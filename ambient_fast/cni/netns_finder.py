@@ -5,6 +5,10 @@ Candidates are the named namespaces (`ip netns`, /run/netns) and every process's
 (/proc/<pid>/ns/net), one per (device, inode). A helper thread steps into each (setns) and
 reads the local addresses from /proc/thread-self/net/fib_trie, so no command runs per
 namespace. Results are cached by inode; a miss rescans.
+
+With `name_prefix`, only named namespaces starting with it are candidates: several meshes on
+one machine (`ambient_fast.mesh`, parallel tests) reuse pod addresses, and an address found
+in more than one candidate is never taken as a pod's (`AmbiguousNetns`).
 """
 
 from __future__ import annotations
@@ -32,33 +36,42 @@ def local_ipv4s() -> set[str]:
     return addresses
 
 
-def _candidates() -> Iterator[str]:
+class AmbiguousNetns(LookupError):
+    """An address is local to several namespaces: which one is the pod is unknown."""
+
+
+def _candidates(name_prefix: str | None) -> Iterator[str]:
     with contextlib.suppress(FileNotFoundError):
         for name in sorted(os.listdir(netns.NETNS_RUN_DIR)):
-            yield netns.named_path(name)
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            yield f"/proc/{pid}/ns/net"
+            if name_prefix is None or name.startswith(name_prefix):
+                yield netns.named_path(name)
+    if name_prefix is None:
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                yield f"/proc/{pid}/ns/net"
 
 
 class NetnsFinder:
-    def __init__(self) -> None:
+    def __init__(self, name_prefix: str | None = None) -> None:
+        self.name_prefix = name_prefix
         self._own = os.stat("/proc/self/ns/net")
-        self._by_ip: dict[str, str] = {}
+        self._by_ip: dict[str, list[str]] = {}
 
     def find(self, ip: str) -> str | None:
-        """A path to the namespace holding `ip`, or None."""
-        path = self._by_ip.get(ip)
-        if path is not None and ip in self._addresses(path):
-            return path
-        self._scan()
-        return self._by_ip.get(ip)
+        """A path to the namespace holding `ip`, or None; AmbiguousNetns if several do."""
+        paths = self._by_ip.get(ip, [])
+        if len(paths) != 1 or ip not in self._addresses(paths[0]):
+            self._scan()
+            paths = self._by_ip.get(ip, [])
+        if len(paths) > 1:
+            raise AmbiguousNetns(f"{ip} is local to several namespaces: {', '.join(paths)}")
+        return paths[0] if paths else None
 
     def namespaces(self) -> list[tuple[str, set[str]]]:
         """Every namespace but our own, once each, with its local IPv4 addresses."""
         seen: set[NetnsKey] = {(self._own.st_dev, self._own.st_ino)}
         found = []
-        for path in _candidates():
+        for path in _candidates(self.name_prefix):
             try:
                 st = os.stat(path)
             except OSError:
@@ -73,7 +86,7 @@ class NetnsFinder:
         self._by_ip = {}
         for path, ips in self.namespaces():
             for ip in ips:
-                self._by_ip.setdefault(ip, path)
+                self._by_ip.setdefault(ip, []).append(path)
 
     @staticmethod
     def _addresses(path: str) -> set[str]:

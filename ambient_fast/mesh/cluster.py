@@ -64,7 +64,7 @@ class Cluster:
             "cni", "--node-name", node, "--ztunnel-socket", str(self.work / f"{node}.sock"),
             "--xds-address", self.xds_address, "--xds-root-cert", self._state("root-cert.pem"),
             "--token-file", self._state("node-tokens", f"{node}.token"),
-            "--redirect", self.options.redirect,
+            "--redirect", self.options.redirect, "--netns-prefix", self.topology.pod_netns_prefix,
         ]  # fmt: skip
 
     def ztunnel_argv(self, node: str) -> list[str]:

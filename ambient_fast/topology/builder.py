@@ -80,6 +80,11 @@ class Topology:
             self.fabric_netns,
         ]
 
+    @property
+    def pod_netns_prefix(self) -> str:
+        """What every pod namespace's name of this topology starts with."""
+        return f"{NETNS_PREFIX}{self.tag}-pod-"
+
     def exec_argv(self, namespace: str, argv: Sequence[str]) -> list[str]:
         """A command line that runs `argv` in `namespace` (exec'd in place: same pid)."""
         return ["ip", "netns", "exec", namespace, *argv]
@@ -179,8 +184,7 @@ def _add_pod(topology: Topology, spec: PodSpec, created: list[str]) -> Pod:
         raise TopologyError(f"pod {spec.name}: {spec.ip} is outside {node.name}'s {node.pod_cidr}")
     if spec.name in topology.pods:
         raise TopologyError(f"pod {spec.name}: defined twice")
-    pod = Pod(spec.name, node.name, f"{NETNS_PREFIX}{topology.tag}-pod-{_slug(spec.name)}",
-              spec.ip)  # fmt: skip
+    pod = Pod(spec.name, node.name, topology.pod_netns_prefix + _slug(spec.name), spec.ip)
     _add_netns(pod.netns, created)
     host_side = f"p{len(topology.pods)}"
     _veth(pod.netns, "eth0", node.netns, host_side)
