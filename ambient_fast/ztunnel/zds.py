@@ -80,6 +80,24 @@ def encode_ack(error: str = "") -> bytes:
     return zds_pb2.WorkloadResponse(ack=zds_pb2.Ack(error=error)).SerializeToString()
 
 
+def encode_request(request: Request) -> bytes:
+    """The agent's side of the wire (an add's fd travels beside it, as SCM_RIGHTS)."""
+    message = zds_pb2.WorkloadRequest()
+    if isinstance(request, AddPod):
+        info = request.info
+        message.add.uid = request.uid
+        message.add.workload_info.name = info.name
+        message.add.workload_info.namespace = info.namespace
+        message.add.workload_info.service_account = info.service_account
+    elif isinstance(request, KeepPod):
+        message.keep.uid = request.uid
+    elif isinstance(request, DelPod):
+        getattr(message, "del").uid = request.uid  # `del`: reachable by name only
+    else:
+        message.snapshot_sent.SetInParent()
+    return message.SerializeToString()
+
+
 def _close_fds(fds: tuple[int, ...]) -> None:
     for fd in fds:
         try:
