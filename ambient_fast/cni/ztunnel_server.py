@@ -24,6 +24,8 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from ambient_fast.xds.proto import zds_pb2
+from ambient_fast.ztunnel.config import WorkloadInfo
+from ambient_fast.ztunnel.zds import AddPod, DelPod, SnapshotSent, encode_request
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +49,8 @@ class PodHandoff:
 
 
 def _add_request(pod: PodHandoff) -> bytes:
-    info = zds_pb2.WorkloadInfo(
-        name=pod.name, namespace=pod.namespace, service_account=pod.service_account
-    )
-    add = zds_pb2.AddWorkload(uid=pod.uid, workload_info=info)
-    return bytes(zds_pb2.WorkloadRequest(add=add).SerializeToString())
-
-
-def _del_request(uid: str) -> bytes:
-    request = zds_pb2.WorkloadRequest()
-    getattr(request, "del").uid = uid  # `del` is a Python keyword
-    return bytes(request.SerializeToString())
-
-
-def _snapshot_sent() -> bytes:
-    return bytes(zds_pb2.WorkloadRequest(snapshot_sent=zds_pb2.SnapshotSent()).SerializeToString())
+    info = WorkloadInfo(pod.namespace, pod.name, pod.service_account)
+    return encode_request(AddPod(pod.uid, info, netns=-1))  # the fd travels beside it
 
 
 def parse_ack(packet: bytes) -> str:
@@ -197,7 +186,7 @@ class ZtunnelServer:
             # change goes behind it.
             for pod in self.pods.values():
                 connection.send(_add_request(pod), pod.netns_path, f"add {pod.uid}")
-            snapshot = connection.send(_snapshot_sent(), None, "snapshot")
+            snapshot = connection.send(encode_request(SnapshotSent()), None, "snapshot")
             self._connections.add(connection)
             runner = asyncio.ensure_future(connection.run())
             await asyncio.wait([snapshot, runner], return_when=asyncio.FIRST_COMPLETED)
@@ -220,7 +209,7 @@ class ZtunnelServer:
 
     async def delete(self, uid: str) -> None:
         self.pods.pop(uid, None)
-        await self._broadcast(_del_request(uid), None, f"del {uid}")
+        await self._broadcast(encode_request(DelPod(uid)), None, f"del {uid}")
 
     async def _broadcast(self, data: bytes, netns_path: str | None, what: str) -> None:
         sent = [c.send(data, netns_path, what) for c in self._connections]
