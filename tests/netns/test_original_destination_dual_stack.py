@@ -4,7 +4,6 @@ redirected connection arrives v4-mapped and its conntrack entry is IPv4 (found v
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import socket
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ambient_fast import netns
 from ambient_fast.ztunnel.sockets import original_destination
 
 pytestmark = pytest.mark.skipif(
@@ -23,18 +23,10 @@ pytestmark = pytest.mark.skipif(
 
 POD_IP = "10.97.0.1"
 DEADLINE = 10.0
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def run(*args: str) -> None:
     subprocess.run(args, capture_output=True, timeout=DEADLINE, check=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"setns: {os.strerror(errno)}")
 
 
 @contextlib.contextmanager
@@ -47,15 +39,8 @@ def redirected_namespace(to_port: int) -> Iterator[None]:
         run("ip", "-n", name, "addr", "add", f"{POD_IP}/32", "dev", "lo")
         rule = f"-p tcp -d {POD_IP} --dport 9999 -j REDIRECT --to-ports {to_port}"
         run("ip", "netns", "exec", name, "iptables", "-t", "nat", "-A", "OUTPUT", *rule.split())
-        with (
-            open("/proc/thread-self/ns/net", "rb") as home,
-            open(f"/run/netns/{name}", "rb") as ns,
-        ):
-            _setns(ns.fileno())
-            try:
-                yield
-            finally:
-                _setns(home.fileno())
+        with netns.entered_named(name):
+            yield
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 

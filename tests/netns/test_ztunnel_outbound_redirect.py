@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import os
@@ -22,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from ambient_fast import netns
 from ambient_fast.hbone import HboneClient
 from ambient_fast.identity.certificate import VerifiedCertificate
 from ambient_fast.identity.spiffe import Identity
@@ -42,8 +42,6 @@ pytestmark = pytest.mark.skipif(
 DEADLINE = 10.0
 CLIENT_IP = "10.99.0.1"  # the `sleep` pod
 SERVER_IP = "10.99.0.2"  # somewhere outside the mesh
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def run(*args: str) -> str:
@@ -51,12 +49,6 @@ def run(*args: str) -> str:
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(args)}: exit {done.returncode}: {done.stderr.strip()}")
     return done.stdout
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"setns: {os.strerror(errno)}")
 
 
 @contextlib.contextmanager
@@ -72,20 +64,6 @@ def pod_namespace() -> Iterator[str]:
     finally:
         # Its iptables rules live and die with the namespace.
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-
-
-@contextlib.contextmanager
-def inside(namespace: str) -> Iterator[None]:
-    """This thread (the event loop's) in `namespace` until exit."""
-    with (
-        open("/proc/thread-self/ns/net", "rb") as home,
-        open(f"/run/netns/{namespace}", "rb") as ns,
-    ):
-        _setns(ns.fileno())
-        try:
-            yield
-        finally:
-            _setns(home.fileno())
 
 
 def redirect_rules(proxy_port: int) -> str:
@@ -179,7 +157,7 @@ async def test_redirect_reaches_the_original_destination_and_the_mark_is_not_red
     logger.addHandler(events)
     payload = os.urandom(256 * 1024)
     loop = asyncio.get_running_loop()
-    with pod_namespace() as namespace, inside(namespace):
+    with pod_namespace() as namespace, netns.entered_named(namespace):
         listener = socket.create_server(("0.0.0.0", 0))
         relay = SpliceRelay()
         hbone = HboneClient()
