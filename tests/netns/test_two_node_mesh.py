@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from fake_waypoint import FakeWaypoint, Seen
 from mesh_harness import ask, dial, exchange, metric_total
 from two_nodes import (
     ECHO_PORT,
@@ -20,6 +21,7 @@ from two_nodes import (
     PODS,
     PROPAGATION_S,
     TRUST,
+    WAYPOINT_BOUND_VIP,
     Mesh,
     running_mesh,
     write_config,
@@ -49,6 +51,38 @@ def test_service_vip_reaches_a_pod_on_the_other_node_over_hbone(mesh: Mesh) -> N
     assert metric_total(mesh.metrics("node-b"), "istio_tcp_connections_opened_total",
                         reporter="destination", destination_workload="server",
                         **principals) >= 1  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def waypoint(mesh: Mesh) -> Iterator[FakeWaypoint]:
+    routes = {
+        f"{WAYPOINT_BOUND_VIP}:80": (PODS["server"].ip, ECHO_PORT),
+        f"{PODS['guarded'].ip}:{ECHO_PORT}": (PODS["guarded"].ip, ECHO_PORT),
+    }
+    state = mesh.work / "controlplane"
+    fake = FakeWaypoint(mesh.topology, "waypoint", f"{TRUST}/waypoint", state, routes)
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_a_service_bound_to_a_waypoint_goes_through_it(mesh: Mesh, waypoint: FakeWaypoint) -> None:
+    """Row 1: HBONE to the waypoint, :authority = the service VIP and port."""
+    reply = ask(mesh.topology, "client", WAYPOINT_BOUND_VIP, 80)
+    assert reply.hostname == "server"
+    assert Seen(f"{WAYPOINT_BOUND_VIP}:80", f"{TRUST}/client") in waypoint.seen
+
+
+def test_a_pod_with_a_workload_waypoint_is_reached_through_it(
+    mesh: Mesh, waypoint: FakeWaypoint
+) -> None:
+    """Row 3: pod-addressed traffic to a pod bound to a waypoint goes to the waypoint, with
+    :authority = pod IP and target port."""
+    guarded = PODS["guarded"].ip
+    reply = ask(mesh.topology, "client", guarded, ECHO_PORT)
+    assert reply.hostname == "guarded"
+    assert Seen(f"{guarded}:{ECHO_PORT}", f"{TRUST}/client") in waypoint.seen
 
 
 def test_same_node_pod_traffic_takes_the_same_path(mesh: Mesh) -> None:

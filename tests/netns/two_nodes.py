@@ -2,7 +2,10 @@
 tests/fixtures/meshes/two-nodes), with echo servers in the pods:
 
   node-a: demo/client, demo/neighbour (captured), legacy/outsider (not captured)
-  node-b: demo/server (captured, behind Service echo 10.96.0.10:80 -> 8080), legacy/plain
+  node-b: demo/server (captured, behind Service echo 10.96.0.10:80 -> 8080, and behind
+          echo-waypoint 10.96.0.12:80 bound to the waypoint), demo/guarded (captured, its own
+          traffic bound to the waypoint), demo/waypoint (the waypoint: HBONE, not captured),
+          legacy/plain
   fabric: the control plane, and an echo outside the mesh
 """
 
@@ -24,10 +27,12 @@ PODS = {
     "neighbour": PodSpec("neighbour", "node-a", "10.244.1.11"),
     "outsider": PodSpec("outsider", "node-a", "10.244.1.20"),
     "server": PodSpec("server", "node-b", "10.244.2.10"),
+    "guarded": PodSpec("guarded", "node-b", "10.244.2.11"),
     "plain": PodSpec("plain", "node-b", "10.244.2.20"),
+    "waypoint": PodSpec("waypoint", "node-b", "10.244.2.30"),
 }
-CAPTURED = ("client", "neighbour", "server")
-ECHO_VIP, NOBODY_VIP = "10.96.0.10", "10.96.0.11"
+CAPTURED = ("client", "neighbour", "server", "guarded")
+ECHO_VIP, NOBODY_VIP, WAYPOINT_BOUND_VIP = "10.96.0.10", "10.96.0.11", "10.96.0.12"
 ECHO_PORT, OUTSIDE_PORT = 8080, 9090
 TRUST = "spiffe://cluster.local/ns/demo/sa"
 # Policy edits reach both ztunnels through the watcher and xDS within this.
@@ -71,7 +76,9 @@ def running_mesh(
         if captured:
             wait_captured(mesh, CAPTURED)
         topology = mesh.topology
-        with echoes(topology, {"server": ECHO_PORT, "neighbour": ECHO_PORT, "plain": ECHO_PORT}):
+        servers = {"server": ECHO_PORT, "neighbour": ECHO_PORT, "plain": ECHO_PORT,
+                   "guarded": ECHO_PORT}  # fmt: skip
+        with echoes(topology, servers):
             outside = Echo(topology, "outside", OUTSIDE_PORT, netns=topology.fabric_netns)
             try:
                 yield mesh
