@@ -2,7 +2,7 @@
 
 Node side: `manager.CertificateManager` keeps one checked certificate per local identity
 (`schedule.CertificateSchedule` decides when to fetch), from `ca_client.CaClient` (istiod's CA)
-or `ca_client.SelfSignedCa` (standalone).
+or `issuer.SelfSignedCa` (standalone).
 """
 
 from ambient_fast.identity.ca import MeshCA, WorkloadCertificate

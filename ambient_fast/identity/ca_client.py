@@ -1,10 +1,8 @@
-"""Where workload certificates come from: istiod's CA over gRPC, or a local self-signed CA.
+"""istiod's CA over gRPC: a `CertificateIssuer` (issuer.py) for the `CertificateManager`.
 
-Both implement `CertificateIssuer` (a CSR in, a PEM chain out, leaf first) for the
-`CertificateManager`. `CaClient` calls `istio.v1.auth.IstioCertificateService/CreateCertificate`
-as ztunnel does (src/identity/caclient.rs): TLS trusting the mesh root, `authorization: Bearer
-<token>` from a file, `ImpersonatedIdentity` metadata, the requested lifetime (SECRET_TTL).
-`SelfSignedCa` signs locally with a `MeshCA`, so a node proxy can run without a control plane.
+`CaClient` calls `istio.v1.auth.IstioCertificateService/CreateCertificate` as ztunnel does
+(src/identity/caclient.rs): TLS trusting the mesh root, `authorization: Bearer <token>` from a
+file, `ImpersonatedIdentity` metadata, the requested lifetime (SECRET_TTL).
 """
 
 from __future__ import annotations
@@ -12,20 +10,16 @@ from __future__ import annotations
 import datetime
 import logging
 import ssl
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from grpclib.client import Channel
 from grpclib.config import Configuration
-from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from h2.exceptions import H2Error
 
-from ambient_fast.identity.ca import DEFAULT_WORKLOAD_TTL, MeshCA
+from ambient_fast.identity.ca import DEFAULT_WORKLOAD_TTL
+from ambient_fast.identity.issuer import CaRefused, CaUnavailable
 from ambient_fast.identity.spiffe import Identity
 from ambient_fast.xds.client import server_name_for
 from ambient_fast.xds.proto.citadel_grpc import IstioCertificateServiceStub
@@ -40,37 +34,6 @@ IMPERSONATED_IDENTITY = "ImpersonatedIdentity"
 # One CreateCertificate call, connection and TLS included (our choice: ztunnel's 10 s connect
 # timeout plus signing).
 DEFAULT_CA_TIMEOUT = 15.0
-
-
-class CaError(Exception):
-    """A certificate for `identity` could not be obtained; the message says from where and why."""
-
-    def __init__(self, identity: Identity, message: str) -> None:
-        super().__init__(message)
-        self.identity = identity
-
-
-class CaRefused(CaError):
-    """The CA answered with a gRPC error status (PERMISSION_DENIED, UNAUTHENTICATED, ...)."""
-
-    def __init__(self, identity: Identity, status: Status, detail: str, ca: str) -> None:
-        super().__init__(identity, f"CA {ca} refused {identity}: {status.name}: {detail}")
-        self.status = status
-        self.detail = detail
-
-
-class CaUnavailable(CaError):
-    """The CA could not be reached or the call broke off (connection, TLS, timeout, token)."""
-
-
-class CertificateIssuer(Protocol):
-    """Signs a CSR for `identity`; answers the PEM chain, leaf first and roots last.
-
-    Raises `CaError`. A plain method returning an awaitable (an `async def` qualifies), so a
-    caller can start the request before it awaits it.
-    """
-
-    def create_certificate(self, identity: Identity, csr_pem: str) -> Awaitable[list[str]]: ...
 
 
 class TokenFile:
@@ -191,47 +154,3 @@ class CaClient:
         if self._channel is not None:
             self._channel.close()
             self._channel = self._stub = None
-
-
-class SelfSignedCa:
-    """Signs workload certificates locally (standalone node proxy, no control plane).
-
-    The CSR is checked as the control plane's CA checks it (self-signature, one URI SAN equal
-    to the identity); the leaf lives `validity` and the chain is [leaf, root].
-    """
-
-    def __init__(self, ca: MeshCA, validity: datetime.timedelta = DEFAULT_WORKLOAD_TTL) -> None:
-        self.ca = ca
-        self.validity = validity
-
-    @property
-    def roots_pem(self) -> bytes:
-        return self.ca.root_pem
-
-    @classmethod
-    def load(
-        cls, cert_path: Path, key_path: Path, validity: datetime.timedelta = DEFAULT_WORKLOAD_TTL
-    ) -> SelfSignedCa:
-        """A root written by `ambient-fast certs` (root-cert.pem, root-key.pem)."""
-        return cls(MeshCA.load(cert_path.read_bytes(), key_path.read_bytes()), validity)
-
-    async def create_certificate(self, identity: Identity, csr_pem: str) -> list[str]:
-        def refuse(reason: str) -> CaRefused:
-            return CaRefused(identity, Status.INVALID_ARGUMENT, reason, "self-signed")
-
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem.encode())
-            key = csr.public_key()
-            signed = csr.is_signature_valid
-            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except (ValueError, x509.ExtensionNotFound) as e:
-            raise refuse(f"malformed CSR: {e}") from e
-        if not signed:
-            raise refuse("CSR signature does not match its key")
-        if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-            raise refuse(f"CSR key {type(key).__name__} is neither EC nor RSA")
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        if uris != [str(identity)]:
-            raise refuse(f"CSR asks for {', '.join(uris) or 'no URI SAN'}")
-        leaf = self.ca.sign(key, [str(identity)], self.validity)
-        return [leaf.decode(), self.ca.root_pem.decode()]

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Protocol
 
-from ambient_fast.identity.ca_client import CaError, CertificateIssuer
 from ambient_fast.identity.certificate import (
     CertificateRejected,
     TrustRoots,
@@ -25,6 +24,7 @@ from ambient_fast.identity.certificate import (
     verify_issued,
 )
 from ambient_fast.identity.csr import new_csr
+from ambient_fast.identity.issuer import CaError, CertificateIssuer
 from ambient_fast.identity.schedule import (
     DEFAULT_MAX_IN_FLIGHT,
     Backoff,

@@ -24,24 +24,17 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ambient_fast._native import HbonePool
 from ambient_fast.hbone.client import HboneClient
 from ambient_fast.identity import MeshCA
-from ambient_fast.identity.ca_client import (
-    CaClient,
-    CertificateIssuer,
-    SelfSignedCa,
-    TokenFile,
-)
+from ambient_fast.identity.issuer import CertificateIssuer, SelfSignedCa
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.metrics import Metrics, MetricsServer
 from ambient_fast.splice import SpliceRelay
 from ambient_fast.state import LocalConfigWatcher, StateChange, StateStore, Workload
 from ambient_fast.state.local import LocalSource, parse_local_config
-from ambient_fast.xds.client import XdsClient, XdsClientConfig, control_plane_tls, token_file
-from ambient_fast.xds.subscription import NodeIdentity
 from ambient_fast.ztunnel.accesslog import AccessLog, istio_handler
 from ambient_fast.ztunnel.admin import AdminEndpoint, HttpServer, readiness
 from ambient_fast.ztunnel.config import (
@@ -59,6 +52,9 @@ from ambient_fast.ztunnel.sockets import (
     listening_socket_everywhere,
     set_mark,
 )
+
+if TYPE_CHECKING:
+    from ambient_fast.xds.client import XdsClient
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +147,9 @@ class Ztunnel:
                 self.self_signed = SelfSignedCa(MeshCA.create(config.cluster_domain), validity)
             return self.self_signed, self.self_signed.roots_pem
         assert config.ca_address is not None
+        # gRPC (grpclib, h2, the CA's protos) only for a proxy that calls a CA: about 2.5 MiB.
+        from ambient_fast.identity.ca_client import CaClient, TokenFile
+
         roots = config.ca_root_cert.read_bytes()
         token = TokenFile(config.token_file) if config.token_file.exists() else None
         # Shared mode asks for each pod's identity with the node's token (ImpersonatedIdentity);
@@ -189,6 +188,15 @@ class Ztunnel:
             self._inline_loaded = True
         else:
             assert config.xds_address is not None
+            # Like the CA client: grpclib only for a proxy that talks delta xDS.
+            from ambient_fast.xds.client import (
+                XdsClient,
+                XdsClientConfig,
+                control_plane_tls,
+                token_file,
+            )
+            from ambient_fast.xds.subscription import NodeIdentity
+
             roots = config.xds_root_cert.read_bytes()
             token = token_file(config.token_file) if config.token_file.exists() else None
             node = NodeIdentity(

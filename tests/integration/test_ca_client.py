@@ -28,9 +28,10 @@ from ambient_fast.controlplane.ca import (
 )
 from ambient_fast.controlplane.serving import serving_context
 from ambient_fast.identity import Identity
-from ambient_fast.identity.ca_client import CaClient, CaRefused, CaUnavailable, TokenFile
+from ambient_fast.identity.ca_client import CaClient, TokenFile
 from ambient_fast.identity.certificate import VerifiedCertificate
 from ambient_fast.identity.csr import new_csr
+from ambient_fast.identity.issuer import CaRefused, CaUnavailable
 from ambient_fast.identity.manager import CertificateManager, CertificateUnavailable
 from ambient_fast.identity.schedule import Backoff
 from ambient_fast.xds.resources import ResourceStore

@@ -27,7 +27,7 @@ from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import HboneClient, HboneRoute
 from ambient_fast.identity import MeshCA
-from ambient_fast.identity.ca_client import SelfSignedCa
+from ambient_fast.identity.issuer import SelfSignedCa
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.metrics import Metrics
 from ambient_fast.state import StateStore

@@ -31,7 +31,7 @@ from ambient_fast.hbone import (
     ServerCertificates,
 )
 from ambient_fast.identity import MeshCA
-from ambient_fast.identity.ca_client import SelfSignedCa
+from ambient_fast.identity.issuer import SelfSignedCa
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.metrics import ConnectionMetrics
 from ambient_fast.metrics.families import Family

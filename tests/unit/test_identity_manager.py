@@ -19,8 +19,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpclib.const import Status
 
 from ambient_fast.identity import Identity, MeshCA
-from ambient_fast.identity.ca_client import CaRefused, CaUnavailable
 from ambient_fast.identity.certificate import VerifiedCertificate
+from ambient_fast.identity.issuer import CaRefused, CaUnavailable
 from ambient_fast.identity.manager import (
     CertificateManager,
     CertificateUnavailable,

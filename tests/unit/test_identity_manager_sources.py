@@ -11,15 +11,10 @@ from cryptography import x509
 from grpclib.const import Status
 
 from ambient_fast.identity import Identity, MeshCA
-from ambient_fast.identity.ca_client import (
-    CaClient,
-    CaRefused,
-    SelfSignedCa,
-    TokenFile,
-    parse_ca_address,
-)
+from ambient_fast.identity.ca_client import CaClient, TokenFile, parse_ca_address
 from ambient_fast.identity.csr import new_csr
 from ambient_fast.identity.files import write_demo_certificates
+from ambient_fast.identity.issuer import CaRefused, SelfSignedCa
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.xds.client import DEFAULT_XDS_HOST
 
