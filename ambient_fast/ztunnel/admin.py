@@ -1,8 +1,7 @@
 """The node proxy's admin (localhost:15000) and readiness (:15021) endpoints.
 
-`AdminEndpoint` answers `/config_dump` (workloads, services, policies and certificates in the
-shape `istioctl ztunnel-config -f dump.json` reads: istio/istio
-istioctl/pkg/writer/ztunnel/configdump/api.go), `/logging` (GET shows levels, POST
+`AdminEndpoint` answers `/config_dump` (`config_dump.config_dump`: ztunnel's JSON, which
+`istioctl ztunnel-config ... -f dump.json` reads), `/logging` (GET shows levels, POST
 `?level=debug` or `?level=scope:debug,...` changes them) and `/quitquitquit` (POST: drain and
 exit). `readiness` answers `/healthz/ready`. `HttpServer` is a one-request-per-connection
 asyncio HTTP/1.1 server around such a handler (no keep-alive: these are debugging endpoints).
@@ -12,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +18,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
-from google.protobuf import json_format
 
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.metrics.server import BadRequest, Request, parse_request_head
-from ambient_fast.policy.proto import to_authorization
-from ambient_fast.state import Service, StateStore, Workload
+from ambient_fast.state import StateStore
+from ambient_fast.ztunnel.config import ZtunnelConfig
+from ambient_fast.ztunnel.config_dump import config_dump
 
 log = logging.getLogger(__name__)
 
@@ -137,186 +135,6 @@ def readiness(is_ready: Callable[[], bool]) -> Handler:
     return handle
 
 
-# -- /config_dump ----------------------------------------------------------------------------
-
-
-def _gateway(address: Any) -> dict[str, str] | None:
-    return None if address is None else {"destination": str(address.destination)}
-
-
-def workload_dump(workload: Workload) -> dict[str, Any]:
-    dump: dict[str, Any] = {
-        "uid": workload.uid,
-        "workloadIps": [str(ip) for ip in workload.ips],
-        "protocol": "HBONE" if workload.captured else "TCP",
-        "name": workload.name,
-        "namespace": workload.namespace,
-        "serviceAccount": workload.service_account,
-        "workloadName": workload.workload_name,
-        "workloadType": workload.workload_type.value.lower(),
-        "canonicalName": workload.canonical_name,
-        "canonicalRevision": workload.canonical_revision,
-        "clusterId": workload.cluster_id,
-        "trustDomain": workload.trust_domain,
-        "locality": {
-            k: v
-            for k, v in (
-                ("region", workload.locality.region),
-                ("zone", workload.locality.zone),
-                ("subzone", workload.locality.subzone),
-            )
-            if v
-        },
-        "node": workload.node,
-        "network": workload.network,
-        "status": "Healthy" if workload.healthy else "Unhealthy",
-        "hostname": workload.hostname,
-        "capacity": workload.capacity,
-        "services": {
-            key: {str(p): t for p, t in ports.items()} for key, ports in workload.services.items()
-        },
-    }
-    for key, address in (
-        ("waypoint", workload.waypoint),
-        ("networkGateway", workload.network_gateway),
-    ):
-        if address is not None:
-            dump[key] = _gateway(address)
-    if workload.application_tunnel is not None:
-        tunnel: dict[str, Any] = {"protocol": workload.application_tunnel.protocol.value}
-        if workload.application_tunnel.port is not None:
-            tunnel["port"] = workload.application_tunnel.port
-        dump["applicationTunnel"] = tunnel
-    if workload.authorization_policies:
-        dump["authorizationPolicies"] = list(workload.authorization_policies)
-    return dump
-
-
-def service_dump(store: StateStore, service: Service) -> dict[str, Any]:
-    endpoints: dict[str, Any] = {}
-    for workload in store.workloads():
-        ports = workload.services.get(service.key)
-        if ports is None:
-            continue
-        endpoints[f"{workload.uid}"] = {
-            "workloadUid": workload.uid,
-            "service": service.key,
-            "port": {str(p): t for p, t in ports.items()},
-        }
-    dump: dict[str, Any] = {
-        "name": service.name,
-        "namespace": service.namespace,
-        "hostname": service.hostname,
-        "vips": [str(vip) for vip in service.vips],
-        "ports": {str(p): port.target_port for p, port in service.ports.items()},
-        "endpoints": endpoints,
-        "ipFamilies": service.ip_families.value,
-    }
-    if service.subject_alt_names:
-        dump["subjectAltNames"] = list(service.subject_alt_names)
-    if service.waypoint is not None:
-        dump["waypoint"] = _gateway(service.waypoint)
-    lb = service.load_balancing
-    if lb is not None:
-        dump["loadBalancer"] = {
-            "mode": lb.mode.value,
-            "routingPreferences": [s.value for s in lb.routing_preference],
-            "healthPolicy": lb.health_policy.value,
-        }
-    return dump
-
-
-def _capitalize_matches(value: Any) -> Any:
-    """istioctl's StringMatch keys are Exact/Prefix/Suffix/Presence."""
-    if isinstance(value, dict):
-        return {
-            (k.capitalize() if k in ("exact", "prefix", "suffix", "presence") else k): (
-                _capitalize_matches(v)
-            )
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_capitalize_matches(v) for v in value]
-    return value
-
-
-def _pascal(value: str) -> str:
-    """WORKLOAD_SELECTOR -> WorkloadSelector (ztunnel's serde names)."""
-    return "".join(part.capitalize() for part in value.split("_"))
-
-
-def policy_dump(store: StateStore) -> list[dict[str, Any]]:
-    dumps = []
-    for policy in store.policies():
-        message = to_authorization(policy)
-        rules = [
-            [
-                [_capitalize_matches(json_format.MessageToDict(match)) for match in clause.matches]
-                for clause in rule.clauses
-            ]
-            for rule in message.rules
-        ]
-        dumps.append(
-            {
-                "name": policy.name,
-                "namespace": policy.namespace,
-                "scope": _pascal(policy.scope.value),
-                "action": _pascal(policy.action.value),
-                "rules": rules,
-            }
-        )
-    return dumps
-
-
-def _time(timestamp: float) -> str:
-    when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return when.isoformat().replace("+00:00", "Z")
-
-
-def certificate_dump(manager: CertificateManager) -> list[dict[str, Any]]:
-    dumps = []
-    for status in manager.status():
-        chain: list[dict[str, str]] = []
-        roots: list[dict[str, str]] = []
-        certificate = status.certificate
-        if certificate is not None:
-            chain.append(
-                {
-                    "pem": certificate.chain_pem.decode(),
-                    "serialNumber": f"{certificate.serial:x}",
-                    "validFrom": _time(certificate.not_before),
-                    "expirationTime": _time(certificate.not_after),
-                }
-            )
-            roots.append({"pem": certificate.roots_pem.decode()})
-        dumps.append(
-            {
-                "identity": str(status.identity),
-                "state": status.state,
-                "certChain": chain,
-                "rootCerts": roots,
-            }
-        )
-    return dumps
-
-
-def config_dump(
-    store: StateStore,
-    manager: CertificateManager,
-    workload_state: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """`workload_state`: in-pod mode's pods (ztunnel's `workloadState`: uid -> state, info)."""
-    dump: dict[str, Any] = {
-        "workloads": [workload_dump(w) for w in store.workloads()],
-        "services": [service_dump(store, s) for s in store.services()],
-        "policies": policy_dump(store),
-        "certificates": certificate_dump(manager),
-    }
-    if workload_state is not None:
-        dump["workloadState"] = workload_state
-    return dump
-
-
 # -- /logging --------------------------------------------------------------------------------
 
 
@@ -352,18 +170,20 @@ def set_logging_levels(spec: str) -> None:
 
 
 class AdminEndpoint:
-    """The admin paths over the store, the certificates, a `quit` callback and, in in-pod mode,
-    the pods' state (sans-IO)."""
+    """The admin paths over the store, the certificates, the settings, a `quit` callback and, in
+    in-pod mode, the pods' state (sans-IO)."""
 
     def __init__(
         self,
         store: StateStore,
         manager: CertificateManager,
+        config: ZtunnelConfig,
         quit: Callable[[], None],
         workload_state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._store = store
         self._manager = manager
+        self._config = config
         self._quit = quit
         self._workload_state = workload_state
 
@@ -371,7 +191,7 @@ class AdminEndpoint:
         path = request.path
         if path == "/config_dump":
             pods = self._workload_state() if self._workload_state is not None else None
-            dump = config_dump(self._store, self._manager, pods)
+            dump = config_dump(self._store, self._manager, self._config, pods)
             body = orjson.dumps(dump, option=orjson.OPT_INDENT_2)
             return Reply(200, body, "application/json")
         if path == "/logging":

@@ -244,7 +244,7 @@ class Ztunnel:
         await self._stats.start()
         workload_state = self.pods.workload_state if self.pods is not None else None
         self._admin = HttpServer(
-            AdminEndpoint(self.store, self.certificates, self.stop, workload_state),
+            AdminEndpoint(self.store, self.certificates, config, self.stop, workload_state),
             ADMIN_ADDRESS,
             config.admin_port,
             "admin",

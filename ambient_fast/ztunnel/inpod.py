@@ -28,6 +28,7 @@ from ambient_fast.identity.spiffe import Identity
 from ambient_fast.metrics import WorkloadManagerMetrics
 from ambient_fast.state import StateChange, Workload
 from ambient_fast.ztunnel.config import WorkloadInfo
+from ambient_fast.ztunnel.config_dump import workload_state_entry
 from ambient_fast.ztunnel.pod_netns import NetnsThread, PodNamespace
 from ambient_fast.ztunnel.proxy import ProxyContext, WorkloadProxy
 from ambient_fast.ztunnel.zds import Packet, PodStart, Step, ZdsSession
@@ -147,13 +148,8 @@ class InPodProxies:
 
     def workload_state(self) -> dict[str, Any]:
         """ztunnel's `workloadState` of /config_dump: uid -> state and workload info."""
-
-        def entry(state: str, info: WorkloadInfo) -> dict[str, Any]:
-            names = {"name": info.name, "namespace": info.namespace}
-            return {"state": state, "info": {**names, "serviceAccount": info.service_account}}
-
-        dump = {uid: entry("Pending", info) for uid, info in self._starting.items()}
-        dump.update({uid: entry("Up", pod.info) for uid, pod in self._pods.items()})
+        dump = {uid: workload_state_entry("Pending", i) for uid, i in self._starting.items()}
+        dump.update({uid: workload_state_entry("Up", pod.info) for uid, pod in self._pods.items()})
         return dump
 
     # -- the pod's workloads in the store ---------------------------------------------------
