@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ambient_fast.cni.agent import Capture, CniAgent
+from ambient_fast.cni.ebpf import EbpfCapture
 from ambient_fast.cni.iptables import IptablesCapture
 from ambient_fast.cni.netns_finder import NetnsFinder
 from ambient_fast.cni.rules import DEFAULT_PROBE_SOURCE, CaptureConfig, Variant
@@ -68,7 +69,9 @@ def capture_for(args: argparse.Namespace) -> Capture:
         capture_dns=args.capture_dns,
     )
     if args.redirect == "ebpf":
-        raise RuntimeError("--redirect=ebpf is not available in this build; use iptables")
+        capture = EbpfCapture(config)
+        capture.check_supported()  # refused: EbpfUnavailable, pointing to iptables
+        return capture
     return IptablesCapture(config)
 
 

@@ -14,6 +14,7 @@ capture) and for dialling the pod from the client's IP.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from ambient_fast import _native, netns
+from ambient_fast.cni.ebpf.listeners import ListenerMap
+from ambient_fast.cni.ebpf.programs import ListenerRole
 from ambient_fast.hbone.client import HboneClient
 from ambient_fast.ztunnel.proxy import ProxySockets
 from ambient_fast.ztunnel.sockets import (
@@ -28,7 +31,10 @@ from ambient_fast.ztunnel.sockets import (
     UpstreamDialer,
     listening_socket_everywhere,
     set_mark,
+    set_transparent,
 )
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -83,6 +89,28 @@ class NetnsThread:
         self._executor.shutdown(wait=True)
 
 
+def _register_for_ebpf_capture(
+    outbound: socket.socket, hbone: socket.socket, plaintext: socket.socket
+) -> None:
+    """A pod the node agent captures with eBPF (`cni/ebpf`; the calling thread in its
+    namespace) has a listener map: its programs hand connections only to listeners found
+    there. They give the outbound listener connections to any address, which it must answer
+    from (IP_TRANSPARENT, as the inbound ones have for TPROXY). Other pods: nothing to do."""
+    try:
+        listener_map = ListenerMap.of_current_netns()
+    except OSError as e:  # no BPF, or no right to look: never in the way of iptables capture
+        log.warning("in-pod: cannot look for eBPF capture (%s); if the pod is captured that "
+                    "way, its connections find no listener", e)  # fmt: skip
+        return
+    if listener_map is None:
+        return
+    with listener_map:
+        set_transparent(outbound)
+        listener_map.register(ListenerRole.OUTBOUND, outbound)
+        listener_map.register(ListenerRole.HBONE, hbone)
+        listener_map.register(ListenerRole.PLAINTEXT, plaintext)
+
+
 class PodNamespace:
     """One pod's namespace, open at `fd` (the fd the node agent sent; owned here)."""
 
@@ -113,6 +141,7 @@ class PodNamespace:
                 (plaintext_port, True),
             ):
                 opened.append(await self.listener(port, transparent=transparent))
+            await self._thread.run(self.fd, lambda: _register_for_ebpf_capture(*opened))
             pool = _native.HbonePool(mark=PROXY_MARK, netns=self.fd)
         except BaseException:
             for sock in opened:

@@ -1,10 +1,12 @@
 """`ambient-fast cni` on the two-node mesh (`two_nodes.py`), starting with `demo` NOT in the
 mesh: pods join and leave live by the namespace label, ztunnel and the agent restart under
-enrolled pods, and a crashed agent's leftovers are cleaned up by the next one."""
+enrolled pods, and a crashed agent's leftovers are cleaned up by the next one. Once with
+iptables capture, once with eBPF capture."""
 
 from __future__ import annotations
 
 import signal
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
@@ -22,12 +24,25 @@ from two_nodes import (
     write_config,
 )
 
+from ambient_fast.cni.ebpf import attached
 from ambient_fast.topology.commands import in_netns, run
 
+# A captured pod's pieces, by mode: how often each is in its namespace (`capture_pieces`).
+PIECES = {
+    "iptables": {"policy rule": 1, "ISTIO chains": 3, "PREROUTING jump": 1,
+                 "REDIRECT to 15001": 1},
+    "ebpf": {"policy rule": 1, "af_ingress@1/TCX_INGRESS": 1, "af_ingress@2/TCX_INGRESS": 1,
+             "af_egress@2/TCX_EGRESS": 1, "lo accept_local": 1},
+}  # fmt: skip
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    with running_mesh(tmp_path_factory.mktemp("cni"), captured=False) as mesh:
+
+@pytest.fixture(scope="module", params=sorted(PIECES))
+def mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mesh]:
+    redirect = request.param
+    work = tmp_path_factory.mktemp(f"cni-{redirect}")
+    with running_mesh(work, captured=False, redirect=redirect) as mesh:
         yield mesh
 
 
@@ -44,16 +59,33 @@ def inbound_lines(mesh: Mesh) -> int:
     )  # fmt: skip
 
 
-def rules(mesh: Mesh, pod: str) -> tuple[str, str]:
+def capture_pieces(mesh: Mesh, pod: str) -> Counter[str]:
+    """How often each piece of capture is in the pod's namespace: the policy rule, and
+    iptables' chains, jumps and rules or eBPF's programs per hook and accept_local."""
     netns = mesh.topology.pods[pod].netns
-    return in_netns(netns, "iptables-save"), run("ip", "-n", netns, "rule")
+    pieces = Counter({"policy rule": run("ip", "-n", netns, "rule").count("lookup 100")})
+    if mesh.options.redirect == "iptables":
+        saved = in_netns(netns, "iptables-save")
+        pieces["PREROUTING jump"] = saved.count("-A PREROUTING -j ISTIO_PRERT")
+        pieces["REDIRECT to 15001"] = saved.count("REDIRECT --to-ports 15001")
+        pieces["ISTIO chains"] = saved.count(":ISTIO_")
+        return pieces
+    with mesh.topology.entered(netns):
+        found = attached.find()
+        with open("/proc/sys/net/ipv4/conf/lo/accept_local", encoding="ascii") as setting:
+            pieces["lo accept_local"] = int(setting.read())
+    for hook, prog_ids in found.programs.items():
+        pieces[f"{hook.program}@{hook.ifindex}/{hook.direction.name}"] = len(prog_ids)
+    return pieces
+
+
+def assert_captured_once(mesh: Mesh, pod: str) -> None:
+    assert +capture_pieces(mesh, pod) == Counter(PIECES[mesh.options.redirect])
 
 
 def assert_no_capture_left(mesh: Mesh) -> None:
     for pod in CAPTURED:
-        saved, ip_rules = rules(mesh, pod)
-        assert "ISTIO" not in saved, saved
-        assert "lookup 100" not in ip_rules, ip_rules
+        assert +capture_pieces(mesh, pod) == Counter(), pod
 
 
 def test_not_enrolled_traffic_goes_direct(mesh: Mesh) -> None:
@@ -73,9 +105,7 @@ def test_labelling_the_namespace_captures_live_without_restarting_the_server(mes
     assert (reply.hostname, reply.ip) == ("server", PODS["client"].ip)
     mesh.ztunnels["node-b"].wait_for("the inbound line", lambda: inbound_lines(mesh) > before)
     for pod in CAPTURED:
-        saved, ip_rules = rules(mesh, pod)
-        assert saved.count("-A PREROUTING -j ISTIO_PRERT") == 1
-        assert ip_rules.count("lookup 100") == 1
+        assert_captured_once(mesh, pod)
 
 
 def test_restarting_ztunnel_keeps_pods_enrolled(mesh: Mesh) -> None:
@@ -91,10 +121,7 @@ def test_restarting_the_agent_adds_no_duplicate_rules(mesh: Mesh) -> None:
     mesh.start_agent("node-a", "cni-node-a-again")
     wait_captured(mesh, ("client", "neighbour"))
     for pod in ("client", "neighbour"):
-        saved, ip_rules = rules(mesh, pod)
-        assert saved.count("-A PREROUTING -j ISTIO_PRERT") == 1
-        assert saved.count("REDIRECT --to-ports 15001") == 1
-        assert ip_rules.count("lookup 100") == 1
+        assert_captured_once(mesh, pod)
     assert ask(topology, "client", ECHO_VIP, 80).hostname == "server"
 
 

@@ -7,12 +7,13 @@ node with the node's token). Each test is a row of reference 03's traffic paths 
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 from fake_waypoint import FakeWaypoint, Seen
-from mesh_harness import ask, dial, exchange, metric_total
+from mesh_harness import IO_TIMEOUT, ask, dial, exchange, metric_total
 from two_nodes import (
     ECHO_PORT,
     ECHO_VIP,
@@ -27,10 +28,17 @@ from two_nodes import (
     write_config,
 )
 
+from ambient_fast.cni.rules import DEFAULT_PROBE_SOURCE
+from ambient_fast.topology.commands import run
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    with running_mesh(tmp_path_factory.mktemp("two-nodes")) as mesh:
+
+@pytest.fixture(scope="module", params=["iptables", "ebpf"])
+def mesh(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mesh]:
+    """The whole suite once per capture mechanism of the node agents (issue 5)."""
+    redirect = request.param
+    with running_mesh(tmp_path_factory.mktemp(f"two-nodes-{redirect}"), redirect=redirect) as mesh:
         yield mesh
 
 
@@ -117,6 +125,31 @@ def test_a_plaintext_client_reaches_a_captured_pod_by_default(mesh: Mesh) -> Non
         source_workload="outsider", connection_security_policy="unknown",
     )  # fmt: skip
     assert opened >= 1
+
+
+def test_the_kubelet_probe_source_reaches_a_captured_pod_directly(mesh: Mesh) -> None:
+    """Probes (istio-cni SNATs the kubelet's to 169.254.7.127 on the node) are not captured:
+    the pod answers them itself, and its reply leaves the pod."""
+    node = mesh.topology.nodes["node-b"].netns
+    from_unknown = {"reporter": "destination", "destination_workload": "server",
+                    "source_workload": "unknown"}  # fmt: skip
+    before = metric_total(mesh.metrics("node-b"), "istio_tcp_connections_opened_total",
+                          **from_unknown)  # fmt: skip
+    run("ip", "-n", node, "addr", "add", f"{DEFAULT_PROBE_SOURCE}/32", "dev", "lo")
+    try:
+        with mesh.topology.entered(node):
+            probe = socket.create_connection(
+                (PODS["server"].ip, ECHO_PORT), IO_TIMEOUT, (DEFAULT_PROBE_SOURCE, 0)
+            )
+        with probe:
+            reply = exchange(probe)
+        assert (reply.hostname, reply.ip) == ("server", DEFAULT_PROBE_SOURCE)
+    finally:
+        run("ip", "-n", node, "addr", "del", f"{DEFAULT_PROBE_SOURCE}/32", "dev", "lo")
+    # Through ztunnel it would have been counted before the echo could answer.
+    after = metric_total(mesh.metrics("node-b"), "istio_tcp_connections_opened_total",
+                         **from_unknown)  # fmt: skip
+    assert after == before
 
 
 @pytest.mark.parametrize("port", [15001, 15006, 15008])
