@@ -1,9 +1,9 @@
 """Which pods of this node are in the mesh (sans-IO).
 
-The control plane has already applied the enrolment rules (namespace label
-`istio.io/dataplane-mode=ambient`, the pod's own opt-out `none`) when it set a workload's
-tunnel protocol to HBONE, exactly as istiod does; the agent follows that decision for the pods
-on its node. Host-network pods share the node's namespace and are never captured.
+The control plane has already applied istio-cni's enablement rules (`istio.io/dataplane-mode`
+on the pod, else on its namespace; never a sidecar-injected pod) when it set a workload's
+tunnel protocol to HBONE (`translate/workloads.is_captured`); the agent follows that decision
+for the pods on its node. Host-network pods share the node's namespace and are never captured.
 """
 
 from __future__ import annotations

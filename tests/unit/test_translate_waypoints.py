@@ -142,6 +142,35 @@ def test_the_gateway_class_label_sets_the_default_traffic_type() -> None:
     assert bound(workload_json(t, "apps", "echo")) == WAYPOINT
 
 
+def test_a_pod_label_decides_over_its_namespace_and_sidecars_stay_out() -> None:
+    """istio-cni's enablement: the pod's own dataplane-mode label wins (ambient opts in, any
+    other value out); a pod with an injected sidecar is never captured."""
+    plain_ns = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: plain}
+"""
+    sidecar = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: injected
+  namespace: apps
+  annotations: {sidecar.istio.io/status: '{"containers":["istio-proxy"]}'}
+spec: {containers: [{name: app, image: echo}]}
+"""
+    t = translate_yaml(
+        namespace("apps"),
+        plain_ns,
+        app("joined", "plain", pod_labels="istio.io/dataplane-mode: ambient"),
+        app("odd", "apps", pod_labels="istio.io/dataplane-mode: sidecar"),
+        sidecar,
+    )
+    assert workload_json(t, "plain", "joined")["tunnelProtocol"] == "HBONE"
+    assert "tunnelProtocol" not in workload_json(t, "apps", "odd")
+    assert "tunnelProtocol" not in workload_json(t, "apps", "injected")
+
+
 def test_capture_follows_the_namespace_label_and_the_pod_opt_out() -> None:
     t = translate_yaml(
         namespace("apps"),

@@ -15,6 +15,8 @@ from ambient_fast.controlplane.translate.waypoints import (
 from ambient_fast.xds.proto import workload_pb2 as wl
 
 DATAPLANE_MODE = "istio.io/dataplane-mode"
+# Set by sidecar injection; such a pod stays out of ambient capture.
+SIDECAR_STATUS = "sidecar.istio.io/status"
 AMBIENT = "ambient"
 
 # istiod's label precedence for canonical service name and revision.
@@ -56,9 +58,15 @@ def workload_uid(pod: Pod, naming: Naming) -> str:
 
 
 def is_captured(mesh: Mesh, pod: Pod) -> bool:
-    """In the mesh: ambient namespace, no pod opt-out, not host-networked."""
-    if pod.host_network or pod.labels.get(DATAPLANE_MODE) == "none":
+    """istio-cni's enablement: the pod's own `istio.io/dataplane-mode` label decides when it
+    has one (`ambient` opts in, any other value out), else its namespace's. Never a pod with
+    an injected sidecar (a sidecar and ztunnel in one pod are not supported) or a
+    host-networked pod (its rules would land in the node's namespace)."""
+    if pod.host_network or SIDECAR_STATUS in pod.meta.annotations:
         return False
+    own = pod.labels.get(DATAPLANE_MODE)
+    if own is not None:
+        return own == AMBIENT
     return mesh.namespace_labels(pod.namespace).get(DATAPLANE_MODE) == AMBIENT
 
 
