@@ -19,7 +19,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use crate::netns::Netns;
-use crate::settings::{tune_socket, H2Settings};
+use crate::settings::{tune_socket, tune_tls, H2Settings};
 use crate::tls::Identity;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -232,7 +232,7 @@ impl Pool {
         tune_socket(&tcp);
         let config = identity.client_config(key.expected_identities.clone())?;
         let s = &self.options.settings;
-        let tls = match timeout(
+        let mut tls = match timeout(
             s.handshake_timeout,
             TlsConnector::from(config).connect(ServerName::from(dst.ip()), tcp),
         )
@@ -242,6 +242,7 @@ impl Pool {
             Ok(Err(e)) => return Err(format!("TLS handshake with {dst}: {e}")),
             Err(_) => return Err(format!("TLS handshake with {dst}: timed out")),
         };
+        tune_tls(tls.get_mut().1);
         let (send, conn) = h2::client::Builder::new()
             .initial_window_size(s.stream_window)
             .initial_connection_window_size(s.connection_window)

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{timeout, timeout_at, Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 
-use crate::settings::{tune_socket, H2Settings};
+use crate::settings::{tune_socket, tune_tls, H2Settings};
 use crate::verify::peer_identity;
 
 /// Which certificate to present: the destination workload's, chosen by the local address
@@ -161,7 +161,7 @@ async fn serve_connection(
         );
         return;
     };
-    let tls = match timeout(limit, TlsAcceptor::from(config).accept(sock)).await {
+    let mut tls = match timeout(limit, TlsAcceptor::from(config).accept(sock)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             warn!("hbone: TLS handshake with {peer} failed: {e}");
@@ -172,6 +172,7 @@ async fn serve_connection(
             return;
         }
     };
+    tune_tls(tls.get_mut().1);
     let identity = peer_identity(tls.get_ref().1.peer_certificates()).unwrap_or_default();
     let s = &ctx.settings;
     let handshake = h2::server::Builder::new()
