@@ -50,6 +50,12 @@ def label(mesh: Mesh, captured: bool) -> None:
     write_config(mesh, "mesh.yaml", mesh_yaml(captured))
 
 
+def enrolled(mesh: Mesh) -> None:
+    """The demo pods captured (a test selected alone does not follow the labelling test)."""
+    label(mesh, captured=True)
+    wait_captured(mesh, CAPTURED)
+
+
 def inbound_lines(mesh: Mesh) -> int:
     """Inbound access-log lines of node-b's ztunnel for the client's connections."""
     log = mesh.ztunnels["node-b"].log.read_text()
@@ -96,8 +102,7 @@ def test_not_enrolled_traffic_goes_direct(mesh: Mesh) -> None:
 
 
 def test_labelling_the_namespace_captures_live_without_restarting_the_server(mesh: Mesh) -> None:
-    label(mesh, captured=True)
-    wait_captured(mesh, CAPTURED)
+    enrolled(mesh)
     # Through ztunnel now: HBONE to the server's node, logged there with the identities. The
     # echo servers are the ones started before the label: nothing in the pods restarted.
     before = inbound_lines(mesh)
@@ -109,6 +114,7 @@ def test_labelling_the_namespace_captures_live_without_restarting_the_server(mes
 
 
 def test_restarting_ztunnel_keeps_pods_enrolled(mesh: Mesh) -> None:
+    enrolled(mesh)
     assert mesh.ztunnels["node-b"].stop() == 0
     mesh.start_ztunnel("node-b", "ztunnel-node-b-again")
     mesh.wait_ready("node-b")  # ready = the agent's snapshot arrived
@@ -116,6 +122,7 @@ def test_restarting_ztunnel_keeps_pods_enrolled(mesh: Mesh) -> None:
 
 
 def test_restarting_the_agent_adds_no_duplicate_rules(mesh: Mesh) -> None:
+    enrolled(mesh)
     topology = mesh.topology
     assert mesh.agents["node-a"].stop() == 0
     mesh.start_agent("node-a", "cni-node-a-again")
@@ -126,6 +133,7 @@ def test_restarting_the_agent_adds_no_duplicate_rules(mesh: Mesh) -> None:
 
 
 def test_a_crashed_agents_leftovers_are_removed_by_the_next(mesh: Mesh) -> None:
+    enrolled(mesh)
     topology = mesh.topology
     mesh.agents["node-a"].stop(signal.SIGKILL)  # crashed: the pods stay captured
     label(mesh, captured=False)  # while no agent runs on node-a
