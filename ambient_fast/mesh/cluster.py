@@ -29,6 +29,7 @@ class ClusterOptions:
     # Workload certificate lifetime; the control plane's minimum follows it. None: defaults.
     cert_ttl: str | None = None
     redirect: str = "iptables"  # the agents' capture: iptables or ebpf
+    iptables_variant: str = "tproxy"  # iptables' inbound capture: tproxy or redirect
 
 
 @dataclass
@@ -64,7 +65,9 @@ class Cluster:
             "cni", "--node-name", node, "--ztunnel-socket", str(self.work / f"{node}.sock"),
             "--xds-address", self.xds_address, "--xds-root-cert", self._state("root-cert.pem"),
             "--token-file", self._state("node-tokens", f"{node}.token"),
-            "--redirect", self.options.redirect, "--netns-prefix", self.topology.pod_netns_prefix,
+            "--redirect", self.options.redirect,
+            "--iptables-variant", self.options.iptables_variant,
+            "--netns-prefix", self.topology.pod_netns_prefix,
         ]  # fmt: skip
 
     def ztunnel_argv(self, node: str) -> list[str]:

@@ -42,7 +42,7 @@ def mesh(
 ) -> Iterator[Mesh]:
     redirect = request.param
     work = tmp_path_factory.mktemp(f"cni-{redirect}")
-    with running_mesh(work, captured=False, redirect=redirect) as mesh:
+    with running_mesh(work, captured=False, capture=redirect) as mesh:
         yield mesh
 
 

@@ -15,6 +15,7 @@ import pytest
 from fake_waypoint import FakeWaypoint, Seen
 from mesh_harness import IO_TIMEOUT, ask, dial, exchange, metric_total
 from two_nodes import (
+    CAPTURE_MODES,
     ECHO_PORT,
     ECHO_VIP,
     NOBODY_VIP,
@@ -32,13 +33,13 @@ from ambient_fast.cni.rules import DEFAULT_PROBE_SOURCE
 from ambient_fast.topology.commands import run
 
 
-@pytest.fixture(scope="module", params=["iptables", "ebpf"])
+@pytest.fixture(scope="module", params=sorted(CAPTURE_MODES))
 def mesh(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Mesh]:
     """The whole suite once per capture mechanism of the node agents (issue 5)."""
-    redirect = request.param
-    with running_mesh(tmp_path_factory.mktemp(f"two-nodes-{redirect}"), redirect=redirect) as mesh:
+    capture = request.param
+    with running_mesh(tmp_path_factory.mktemp(f"two-nodes-{capture}"), capture=capture) as mesh:
         yield mesh
 
 

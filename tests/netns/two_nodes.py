@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from mesh_harness import Echo, echoes
@@ -39,6 +40,13 @@ TRUST = "spiffe://cluster.local/ns/demo/sa"
 PROPAGATION_S = 15.0
 
 Mesh = Cluster
+# The node agents' capture mechanisms: istio-cni's iptables rules (TPROXY inbound, the
+# default; nat REDIRECT inbound), and eBPF.
+CAPTURE_MODES = {
+    "iptables": ClusterOptions(redirect="iptables"),
+    "iptables-redirect": ClusterOptions(redirect="iptables", iptables_variant="redirect"),
+    "ebpf": ClusterOptions(redirect="ebpf"),
+}
 
 
 def mesh_yaml(captured: bool) -> str:
@@ -64,14 +72,15 @@ def wait_captured(mesh: Mesh, pods: Iterable[str]) -> None:
 
 @contextlib.contextmanager
 def running_mesh(
-    work: Path, cert_ttl: str | None = None, *, captured: bool = True, redirect: str = "iptables"
+    work: Path, cert_ttl: str | None = None, *, captured: bool = True, capture: str = "iptables"
 ) -> Iterator[Mesh]:
-    """The cluster up with echo servers and, with `captured`, the `demo` pods enrolled."""
+    """The cluster up with echo servers and, with `captured`, the `demo` pods enrolled.
+    `capture`: a key of CAPTURE_MODES."""
     config = work / "config"
     config.mkdir()
     (config / "mesh.yaml").write_text(mesh_yaml(captured))
     (config / "policies.yaml").write_text("# no policies yet\n")
-    options = ClusterOptions(cert_ttl=cert_ttl, redirect=redirect)
+    options = replace(CAPTURE_MODES[capture], cert_ttl=cert_ttl)
     with run_cluster(NODES, list(PODS.values()), config, work, options) as mesh:
         if captured:
             wait_captured(mesh, CAPTURED)
