@@ -17,7 +17,8 @@ class SpliceEngine:
         exception (not a stream socket, out of pipes) the caller still owns them.
         """
     def cancel(self, pump_id: int) -> None:
-        """Resets both sockets of a running pump; it completes with errno ECANCELED.
+        """Resets both sockets of a running pump; it completes with errno ECANCELED and the
+        bytes it had delivered.
 
         A no-op for pumps that already completed.
         """

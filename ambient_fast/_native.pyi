@@ -49,7 +49,11 @@ class Reactor:
     def fileno(self) -> int: ...
     def drain(self) -> list[tuple[int, object]]:
         """Finished operations as (token, result); failures carry an HboneError instance."""
-    def cancel(self, token: int) -> None: ...
+    def cancel(self, token: int) -> None:
+        """Aborts a running operation; it never completes."""
+    def cut(self, token: int) -> None:
+        """Ends a running pump early (socket and stream reset); it still completes with its
+        counts. A no-op for other operations and finished tokens."""
     def running(self) -> int: ...
 
 class ConnectRequest:
@@ -69,7 +73,8 @@ class ConnectRequest:
     def accept(
         self, reactor: Reactor, token: int, fd: int, headers: list[tuple[str, str]] = ...
     ) -> None:
-        """Answers 200 and pumps `fd`; completes with (to_upstream, to_peer) byte counts."""
+        """Answers 200 and pumps `fd`; completes with (to_upstream, to_peer) byte counts,
+        also when cut (`Reactor.cut`)."""
 
 class HboneServer:
     def __init__(
@@ -90,7 +95,8 @@ class HboneStream:
     @property
     def headers(self) -> list[tuple[str, str]]: ...
     def pump(self, reactor: Reactor, token: int, fd: int) -> None:
-        """Pumps `fd`; completes with (socket->stream, stream->socket) byte counts."""
+        """Pumps `fd`; completes with (socket->stream, stream->socket) byte counts, also when
+        cut (`Reactor.cut`)."""
     def close(self) -> None: ...
 
 class HbonePool:

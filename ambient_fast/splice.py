@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import uvloop
 
 from ambient_fast._core import SpliceEngine
+from ambient_fast.pumps import PumpCut
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class SpliceRelay:
 
         Half-closes are passed through. A reset on either side resets the other and
         raises OSError with that errno (ConnectionResetError, BrokenPipeError).
-        Cancelling the awaiting task resets both sockets before CancelledError is raised.
+        Cancelling the awaiting task cuts the relay: both sockets are reset, then PumpCut
+        (a CancelledError) carries (a_to_b, b_to_a), the bytes delivered until then.
         The sockets must not be registered with the event loop.
         """
         label = f"{_peer(a)} <-> {_peer(b)}"
@@ -77,8 +79,8 @@ class SpliceRelay:
         except asyncio.CancelledError:
             self._engine.cancel(pump_id)
             # Wait for the worker's teardown so the sockets are gone when we return.
-            await asyncio.shield(done)
-            raise
+            a_to_b, b_to_a, _ = await asyncio.shield(done)
+            raise PumpCut(a_to_b, b_to_a) from None
         if err:
             raise OSError(
                 err,

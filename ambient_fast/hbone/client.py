@@ -43,9 +43,10 @@ class Tunnel:
         self.headers = stream.headers
 
     async def pump(self, sock: socket.socket) -> PumpResult:
-        """Moves bytes both ways until both directions close; takes over `sock`."""
+        """Moves bytes both ways until both directions close; takes over `sock`. Cancelling
+        cuts the tunnel: PumpCut carries (sent, received)."""
         fd = sock.detach()
-        sent, received = await completions().submit(
+        sent, received = await completions().pump(
             lambda reactor, token: self._stream.pump(reactor, token, fd)
         )
         return PumpResult(sent, received)

@@ -2,7 +2,7 @@
 
 Native work reports to the reactor's queue and wakes the loop through an eventfd; the loop
 thread resolves the futures and emits native log records to `logging`. Cancelling a future
-aborts the native task.
+aborts the native task; cancelling a `pump` cuts it instead, so its byte counts survive.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ambient_fast import _native
+from ambient_fast.pumps import PumpCut
 
 Start = Callable[[_native.Reactor, int], None]
 
@@ -28,12 +29,31 @@ class Completions:
 
     def submit(self, start: Start) -> asyncio.Future[Any]:
         """Starts a native operation (`start(reactor, token)`) and returns its future."""
+        return self._start(start)[1]
+
+    async def pump(self, start: Start) -> tuple[int, int]:
+        """Runs a native pump to its two byte counts. Cancelling the caller cuts the pump (both
+        ends reset) and raises PumpCut with the counts; a second cancel aborts it."""
+        token, future = self._start(start)
+        try:
+            counts: tuple[int, int] = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self._reactor.cut(token)
+            try:
+                counts = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            raise PumpCut(*counts) from None
+        return counts
+
+    def _start(self, start: Start) -> tuple[int, asyncio.Future[Any]]:
         token = next(self._tokens)
         future: asyncio.Future[Any] = self._loop.create_future()
         start(self._reactor, token)
         self._futures[token] = future
         future.add_done_callback(lambda f: self._on_done(token, f))
-        return future
+        return token, future
 
     def _on_done(self, token: int, future: asyncio.Future[Any]) -> None:
         if self._futures.pop(token, None) is not None and future.cancelled():

@@ -17,6 +17,7 @@ from ambient_fast.hbone.request import (
     InvalidAuthority,
     parse_authority,
 )
+from ambient_fast.pumps import CUT_ERROR, PumpCut
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class InboundTunnel:
 
 @dataclass(frozen=True, slots=True)
 class TunnelResult:
+    """How an accepted tunnel ended; also reported, with its bytes, when its task is cut."""
+
     tunnel: InboundTunnel
     to_upstream: int
     to_peer: int
@@ -128,13 +131,19 @@ class HboneServer:
             return
         error: str | None = None
         to_upstream = to_peer = 0
+        cut: PumpCut | None = None
         try:
             fd, headers = decision.upstream.detach(), list(decision.headers)
-            to_upstream, to_peer = await completions().submit(
+            to_upstream, to_peer = await completions().pump(
                 lambda reactor, token: request.accept(reactor, token, fd, headers)
             )
         except _native.HboneError as e:
             error = str(e)
             log.info("hbone: %s -> %s: %s", peer, target, error)
+        except PumpCut as e:
+            cut, error = e, CUT_ERROR
+            to_upstream, to_peer = e.counts
         if self._on_result is not None:
             self._on_result(TunnelResult(tunnel, to_upstream, to_peer, error))
+        if cut is not None:
+            raise cut

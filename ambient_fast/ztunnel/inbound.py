@@ -6,7 +6,8 @@ client dialled and the peer's identity; on Accepted an upstream socket to the wo
 (reporter destination) and one access-log line per connection. The server presents each local
 workload's certificate, chosen by the destination IP and prefetched (Warmup) as workloads appear:
 nothing can be fetched inside a TLS handshake. `LiveConnections` re-checks open connections on
-every policy change and cancels the now-denied ones (cancelling the task aborts the native pump).
+every policy change and cancels the now-denied ones (cancelling the task cuts the native pump,
+which still reports the bytes it moved).
 Follows istio/ztunnel src/proxy/inbound.rs.
 """
 
@@ -38,6 +39,7 @@ from ambient_fast.metrics import (
     Reporter,
     ResponseFlag,
 )
+from ambient_fast.pumps import CUT_ERROR
 from ambient_fast.state import StateChange, StateStore, Workload
 from ambient_fast.ztunnel.accesslog import (
     AccessLog,
@@ -156,14 +158,14 @@ class LiveConnections:
         return len(self._live)
 
     def add(self, task: asyncio.Task[Any], connection: TrackedConnection) -> None:
-        """Tracks `connection` until `task` ends; a cancelled task is finished with no bytes
-        (the pump's counts die with it)."""
+        """Tracks `connection` until `task` ends. A pump that is cut reports its bytes itself;
+        a task cancelled without that report is finished with none."""
         self._live[task] = connection
 
         def ended(done: asyncio.Task[Any]) -> None:
             gone = self._live.pop(done, None)
             if gone is not None:
-                gone.finish(0, 0, "cancelled" if done.cancelled() else None)
+                gone.finish(0, 0, CUT_ERROR if done.cancelled() else None)
 
         task.add_done_callback(ended)
 
@@ -412,7 +414,8 @@ class InboundServer:
                 return Reject(STATUS_SERVICE_UNAVAILABLE, error)
         task = asyncio.current_task()
         assert task is not None
-        # The HBONE server awaits the pump in this same task; cancelling it aborts the pump.
+        # The HBONE server awaits the pump in this same task; cancelling it cuts the pump, whose
+        # bytes still arrive through _on_result.
         self.live.add(task, TrackedConnection(self._metrics, self._log, labels, record, decision))
         return Accept(upstream)
 

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Container
 
 from ambient_fast.metrics import ConnectionLabels, Metrics, Reporter, ResponseFlag
+from ambient_fast.pumps import CUT_ERROR, PumpCut
 from ambient_fast.splice import SpliceRelay
 from ambient_fast.state import StateStore, Workload
 from ambient_fast.ztunnel.accesslog import (
@@ -177,5 +178,9 @@ class InboundPlaintextServer:
             if self.live.pop(task) is not None:
                 connection.finish(0, 0, str(e))
             return
+        except PumpCut as cut:
+            if self.live.pop(task) is not None:
+                connection.finish(*cut.counts, CUT_ERROR)
+            raise
         if self.live.pop(task) is not None:
             connection.finish(result.a_to_b, result.b_to_a)

@@ -28,6 +28,7 @@ from ambient_fast.identity.certificate import VerifiedCertificate
 from ambient_fast.identity.spiffe import Identity
 from ambient_fast.metrics.labels import ConnectionLabels, Reporter, ResponseFlag
 from ambient_fast.metrics.traffic import ConnectionMetrics
+from ambient_fast.pumps import PumpCut
 from ambient_fast.splice import SpliceRelay
 from ambient_fast.state import StateStore, Workload
 from ambient_fast.state.model import DEFAULT_HBONE_PORT, IpAddress
@@ -280,7 +281,10 @@ class OutboundProxy:
             error, flag = str(e), ResponseFlag.CONNECT
         except (OSError, _native.HboneError) as e:
             error = str(e)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as e:
+            # A cut pump (drain deadline) reports what it moved; an earlier cancel moved nothing.
+            if isinstance(e, PumpCut):
+                to_upstream, to_downstream = e.counts
             error = "drained"
             raise
         finally:

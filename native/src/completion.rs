@@ -13,11 +13,32 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
+
+/// A running task: `abort` drops it where it stands; `stop` (stoppable tasks only) asks it
+/// to end by itself, so it still reports an outcome.
+struct Running {
+    abort: AbortHandle,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+/// What a stoppable task watches: `stopped()` resolves once `CompletionQueue::cut` is called
+/// for its token, and never otherwise.
+pub struct StopSignal(oneshot::Receiver<()>);
+
+impl StopSignal {
+    pub async fn stopped(self) {
+        if self.0.await.is_err() {
+            // The sender is dropped only with the task's entry: the task is ending anyway.
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 pub struct CompletionQueue<T> {
     ready: Mutex<Vec<(u64, T)>>,
-    running: Mutex<HashMap<u64, AbortHandle>>,
+    running: Mutex<HashMap<u64, Running>>,
     signalled: AtomicBool,
     eventfd: OwnedFd,
 }
@@ -75,6 +96,34 @@ impl<T> CompletionQueue<T> {
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
+        self.start(runtime, token, None, work);
+    }
+
+    /// Like `spawn`, for work that `cut(token)` can end early: it watches the StopSignal and
+    /// its outcome is pushed as usual.
+    pub fn spawn_stoppable<F>(
+        self: &Arc<Self>,
+        runtime: &Runtime,
+        token: u64,
+        work: impl FnOnce(StopSignal) -> F,
+    ) where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (stop, signal) = oneshot::channel();
+        self.start(runtime, token, Some(stop), work(StopSignal(signal)));
+    }
+
+    fn start<F>(
+        self: &Arc<Self>,
+        runtime: &Runtime,
+        token: u64,
+        stop: Option<oneshot::Sender<()>>,
+        work: F,
+    ) where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
         let queue = self.clone();
         // Held across spawn: a task that finishes at once waits here before un-tracking.
         let mut running = self.running.lock().expect("running lock");
@@ -82,13 +131,23 @@ impl<T> CompletionQueue<T> {
             let outcome = work.await;
             queue.push(token, outcome);
         });
-        running.insert(token, task.abort_handle());
+        let abort = task.abort_handle();
+        running.insert(token, Running { abort, stop });
     }
 
     /// Aborts a running task; its outcome is never pushed.
     pub fn cancel(&self, token: u64) {
         if let Some(task) = self.running.lock().expect("running lock").remove(&token) {
-            task.abort();
+            task.abort.abort();
+        }
+    }
+
+    /// Signals a running stoppable task to end; it still pushes its outcome. A no-op for
+    /// other tasks and for tokens no longer running.
+    pub fn cut(&self, token: u64) {
+        let mut running = self.running.lock().expect("running lock");
+        if let Some(stop) = running.get_mut(&token).and_then(|task| task.stop.take()) {
+            let _ = stop.send(());
         }
     }
 
@@ -100,14 +159,37 @@ impl<T> CompletionQueue<T> {
 impl<T> Drop for CompletionQueue<T> {
     fn drop(&mut self) {
         for (_, task) in self.running.lock().expect("running lock").drain() {
-            task.abort();
+            task.abort.abort();
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::CompletionQueue;
+
+    #[test]
+    fn a_cut_task_still_reports() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let q = Arc::new(CompletionQueue::<u32>::new().expect("eventfd"));
+        q.spawn_stoppable(&runtime, 7, |stop| async move {
+            stop.stopped().await;
+            42
+        });
+        q.cut(7);
+        runtime.block_on(async {
+            while q.running() > 0 {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert_eq!(q.drain(), vec![(7, 42)]);
+        q.cut(7); // no longer running: nothing to signal
+    }
 
     #[test]
     fn a_push_after_drain_signals_again() {

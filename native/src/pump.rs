@@ -1,7 +1,7 @@
 //! The byte pump between a plaintext TCP socket and an HBONE stream. Runs entirely on the
-//! tokio runtime: no Python, no GIL, per-direction counts at the end.
+//! tokio runtime: no Python, no GIL, per-direction counts at the end (a cut's too).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::time::Duration;
 
@@ -38,15 +38,16 @@ impl std::fmt::Display for PumpError {
     }
 }
 
-/// Socket -> stream. EOF becomes END_STREAM; a socket error resets the stream.
+/// Socket -> stream, counting into `moved`. EOF becomes END_STREAM; a socket error resets the
+/// stream.
 async fn socket_to_stream(
-    mut from: OwnedReadHalf,
+    from: &mut OwnedReadHalf,
     to: &mut SendStream<Bytes>,
-) -> Result<u64, PumpError> {
-    let mut moved: u64 = 0;
+    moved: &mut u64,
+) -> Result<(), PumpError> {
     let mut buf = BytesMut::new();
     loop {
-        buf.reserve(read_size(moved));
+        buf.reserve(read_size(*moved));
         let n = match from.read_buf(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
@@ -56,11 +57,9 @@ async fn socket_to_stream(
             }
         };
         if n == 0 {
-            to.send_data(Bytes::new(), true)
-                .map_err(PumpError::Stream)?;
-            return Ok(moved);
+            return to.send_data(Bytes::new(), true).map_err(PumpError::Stream);
         }
-        moved += n as u64;
+        *moved += n as u64;
         let mut data = buf.split().freeze();
         while !data.is_empty() {
             to.reserve_capacity(data.len());
@@ -75,31 +74,32 @@ async fn socket_to_stream(
     }
 }
 
-/// Stream -> socket. END_STREAM becomes FIN; a stream reset resets the socket.
-async fn stream_to_socket(from: &mut RecvStream, mut to: OwnedWriteHalf) -> Result<u64, PumpError> {
-    let mut moved: u64 = 0;
+/// Stream -> socket, counting into `moved`. END_STREAM becomes FIN; a stream reset resets the
+/// socket.
+async fn stream_to_socket(
+    from: &mut RecvStream,
+    to: &mut OwnedWriteHalf,
+    moved: &mut u64,
+) -> Result<(), PumpError> {
     loop {
         match from.data().await {
             Some(Ok(chunk)) => {
                 let n = chunk.len();
                 if let Err(e) = to.write_all(&chunk).await {
                     reset(to.as_ref());
-                    // Dropping the half would shutdown(SHUT_WR): a FIN the peer reads as EOF.
-                    to.forget();
                     return Err(PumpError::Socket(e));
                 }
-                moved += n as u64;
+                *moved += n as u64;
                 // Window credit only once the bytes are in the socket: backpressure end to end.
                 let _ = from.flow_control().release_capacity(n);
             }
             Some(Err(e)) => {
                 reset(to.as_ref());
-                to.forget();
                 return Err(PumpError::Stream(e));
             }
             None => {
                 let _ = to.shutdown().await;
-                return Ok(moved);
+                return Ok(());
             }
         }
     }
@@ -110,21 +110,41 @@ fn reset(sock: &TcpStream) {
     let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
 }
 
-/// Pumps until both directions finish; returns (socket->stream, stream->socket) byte counts.
+/// Pumps until both directions finish, or until `stop` resolves (a cut: the socket and the
+/// stream are reset). Returns (socket->stream, stream->socket) byte counts, a cut's included.
 pub async fn pump(
     socket: TcpStream,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
+    stop: impl Future<Output = ()>,
 ) -> Result<(u64, u64), PumpError> {
-    let (read, write) = socket.into_split();
-    let outcome = tokio::try_join!(
-        socket_to_stream(read, &mut send),
-        stream_to_socket(&mut recv, write)
-    );
-    if outcome.is_err() {
-        send.send_reset(Reason::CANCEL);
+    let (mut read, mut write) = socket.into_split();
+    let (mut up, mut down) = (0, 0);
+    // The directions count into locals, so the totals outlive a pump ended mid-copy.
+    let finished = tokio::select! {
+        biased;
+        outcome = async {
+            tokio::try_join!(
+                socket_to_stream(&mut read, &mut send, &mut up),
+                stream_to_socket(&mut recv, &mut write, &mut down)
+            )
+        } => Some(outcome),
+        () = stop => None,
+    };
+    // The socket closes when `read` drops; dropping the write half would put a FIN before an RST.
+    write.forget();
+    match finished {
+        Some(Ok(_)) => Ok((up, down)),
+        Some(Err(e)) => {
+            send.send_reset(Reason::CANCEL);
+            Err(e)
+        }
+        None => {
+            reset(read.as_ref());
+            send.send_reset(Reason::CANCEL);
+            Ok((up, down))
+        }
     }
-    outcome
 }
 
 #[cfg(test)]

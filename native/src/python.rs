@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 
-use crate::completion::CompletionQueue;
+use crate::completion::{CompletionQueue, StopSignal};
 use crate::logbridge::LogBridge;
 use crate::netns::Netns;
 use crate::pool::{Pool, PoolKey, PoolOptions, StreamSlot, Tunnel};
@@ -101,12 +101,17 @@ fn adopt_stream(fd: RawFd) -> std::io::Result<tokio::net::TcpStream> {
     Ok(tcp)
 }
 
-async fn pump_fd(fd: RawFd, send: SendStream<Bytes>, recv: RecvStream) -> Outcome {
+async fn pump_fd(
+    fd: RawFd,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    stop: StopSignal,
+) -> Outcome {
     let tcp = match adopt_stream(fd) {
         Ok(tcp) => tcp,
         Err(e) => return Outcome::Error(format!("socket fd {fd}: {e}")),
     };
-    match pump(tcp, send, recv).await {
+    match pump(tcp, send, recv, stop.stopped()).await {
         Ok((up, down)) => Outcome::Counts(up, down),
         Err(e) => Outcome::Error(e.to_string()),
     }
@@ -153,6 +158,11 @@ impl Reactor {
 
     fn cancel(&self, token: u64) {
         self.queue.cancel(token);
+    }
+
+    /// Ends a running pump early (both ends reset); it still completes with its counts.
+    fn cut(&self, token: u64) {
+        self.queue.cut(token);
     }
 
     fn running(&self) -> usize {
@@ -395,7 +405,8 @@ impl ConnectRequest {
         Ok(())
     }
 
-    /// Answers 200 and pumps `fd`; completes with (stream->socket, socket->stream) counts.
+    /// Answers 200 and pumps `fd`; completes with (stream->socket, socket->stream) counts, also
+    /// when cut.
     #[pyo3(signature = (reactor, token, fd, headers = Vec::new()))]
     fn accept(&self, reactor: &Reactor, token: u64, fd: RawFd, headers: Headers) -> PyResult<()> {
         let mut response = Response::builder().status(200);
@@ -406,20 +417,24 @@ impl ConnectRequest {
             .body(())
             .map_err(|e| PyValueError::new_err(format!("response headers {headers:?}: {e}")))?;
         let (mut respond, body) = self.take()?;
-        reactor.queue.spawn(runtime(), token, async move {
-            match respond.send_response(response, false) {
-                Ok(send) => match pump_fd(fd, send, body).await {
-                    // The pump reports (socket->stream, stream->socket); callers want inbound first.
-                    Outcome::Counts(to_peer, to_upstream) => Outcome::Counts(to_upstream, to_peer),
-                    other => other,
-                },
-                Err(e) => {
-                    // SAFETY: we own fd and nothing else will use or close it.
-                    drop(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-                    Outcome::Error(format!("CONNECT response: {e}"))
+        reactor
+            .queue
+            .spawn_stoppable(runtime(), token, |stop| async move {
+                match respond.send_response(response, false) {
+                    Ok(send) => match pump_fd(fd, send, body, stop).await {
+                        // The pump reports (socket->stream, stream->socket); callers want inbound first.
+                        Outcome::Counts(to_peer, to_upstream) => {
+                            Outcome::Counts(to_upstream, to_peer)
+                        }
+                        other => other,
+                    },
+                    Err(e) => {
+                        // SAFETY: we own fd and nothing else will use or close it.
+                        drop(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+                        Outcome::Error(format!("CONNECT response: {e}"))
+                    }
                 }
-            }
-        });
+            });
         Ok(())
     }
 }
@@ -551,7 +566,8 @@ impl From<Tunnel> for HboneStream {
 
 #[pymethods]
 impl HboneStream {
-    /// Pumps `fd` through the stream; completes with (socket->stream, stream->socket) counts.
+    /// Pumps `fd` through the stream; completes with (socket->stream, stream->socket) counts,
+    /// also when cut.
     fn pump(&self, reactor: &Reactor, token: u64, fd: RawFd) -> PyResult<()> {
         let (send, recv, slot) = self
             .tunnel
@@ -559,11 +575,13 @@ impl HboneStream {
             .expect("stream lock")
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("stream already pumped or closed"))?;
-        reactor.queue.spawn(runtime(), token, async move {
-            let outcome = pump_fd(fd, send, recv).await;
-            drop(slot);
-            outcome
-        });
+        reactor
+            .queue
+            .spawn_stoppable(runtime(), token, |stop| async move {
+                let outcome = pump_fd(fd, send, recv, stop).await;
+                drop(slot);
+                outcome
+            });
         Ok(())
     }
 

@@ -10,6 +10,7 @@ import hashlib
 import random
 import socket
 import time
+from typing import Any
 
 import pytest
 from hbone_harness import (
@@ -17,7 +18,9 @@ from hbone_harness import (
     Loopback,
     TunnelEnds,
     dial,
+    dial_target,
     listening_socket,
+    loopback,
     recv_exactly,
     recv_to_eof,
     reset,
@@ -25,8 +28,9 @@ from hbone_harness import (
 )
 from waits import DEADLINE
 
-from ambient_fast.hbone import HboneError
+from ambient_fast.hbone import Accept, HboneError, InboundTunnel, Reject
 from ambient_fast.hbone.headers import Baggage, forwarded, traceparent
+from ambient_fast.pumps import PumpCut
 from ambient_fast.splice import SpliceRelay
 
 
@@ -192,6 +196,55 @@ async def test_upstream_reset_after_its_fin_fails_the_client_writes(mesh: Loopba
         await pump_counts(tunnel)
     [result] = await mesh.server.result_count(1)
     assert result.error is not None
+
+
+async def test_cancelling_the_client_pump_cuts_the_tunnel_and_counts_the_bytes(
+    mesh: Loopback,
+) -> None:
+    tunnel = await mesh.open()
+    await sendall(tunnel.app, b"ping")
+    assert await recv_exactly(tunnel.upstream, 4) == b"ping"
+    await sendall(tunnel.upstream, b"pong!")
+    assert await recv_exactly(tunnel.app, 5) == b"pong!"
+    tunnel.pumping.cancel()
+    with pytest.raises(PumpCut) as cut:
+        await tunnel.pumping
+    assert cut.value.counts == (4, 5)  # (sent, received)
+    assert tunnel.pumping.cancelled()
+    with pytest.raises(ConnectionResetError):
+        await recv_to_eof(tunnel.app)
+    with pytest.raises(ConnectionResetError):  # the stream reset reaches the far end too
+        await recv_to_eof(tunnel.upstream)
+
+
+@pytest.mark.parametrize("moved", [0, 300_000], ids=["idle", "moved"])
+async def test_cancelling_a_server_tunnel_cuts_it_and_reports_its_bytes(moved: int) -> None:
+    serving: list[asyncio.Task[Any]] = []
+
+    async def handler(tunnel: InboundTunnel) -> Accept | Reject:
+        task = asyncio.current_task()  # the server's task for this CONNECT, pump included
+        assert task is not None
+        serving.append(task)
+        return await dial_target(tunnel)
+
+    async with loopback(handler) as mesh:
+        tunnel = await mesh.open()
+        payload = random.randbytes(moved)
+        await sendall(tunnel.app, payload)
+        assert await recv_exactly(tunnel.upstream, moved) == payload
+        await sendall(tunnel.upstream, payload[: moved // 2])
+        assert await recv_exactly(tunnel.app, moved // 2) == payload[: moved // 2]
+        [task] = serving
+        task.cancel()
+        [result] = await mesh.server.result_count(1)
+        assert (result.to_upstream, result.to_peer) == (moved, moved // 2)
+        assert result.error == "cancelled"
+        await asyncio.gather(task, return_exceptions=True)
+        assert task.cancelled()
+        with pytest.raises(ConnectionResetError):
+            await recv_to_eof(tunnel.upstream)
+        with pytest.raises(ConnectionResetError):
+            await recv_to_eof(tunnel.app)
 
 
 GIB = 1 << 30

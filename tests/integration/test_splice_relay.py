@@ -30,6 +30,7 @@ from sockets import tcp_pair
 from waits import DEADLINE, wait_until
 
 from ambient_fast._core import SpliceEngine
+from ambient_fast.pumps import PumpCut
 from ambient_fast.splice import RelayResult, SpliceRelay
 
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError)
@@ -230,12 +231,18 @@ async def test_reset_after_half_close_still_propagates(chain: Chain) -> None:
     await expect_write_fails(chain.server)
 
 
-async def test_cancel_resets_both_ends(chain: Chain, relay: SpliceRelay) -> None:
+async def test_cancel_resets_both_ends_and_counts_the_bytes(
+    chain: Chain, relay: SpliceRelay
+) -> None:
     await send_all(chain.client, b"ping")
     assert await recv_exactly(chain.server, 4) == b"ping"
+    await send_all(chain.server, b"pong!")
+    assert await recv_exactly(chain.client, 5) == b"pong!"
     chain.relaying.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(PumpCut) as cut:
         await chain.relaying
+    assert cut.value.counts == (4, 5)
+    assert chain.relaying.cancelled()  # still a cancellation to asyncio
     assert relay.active() == 0
     await expect_reset(chain.client)
     await expect_reset(chain.server)

@@ -31,6 +31,7 @@ from ambient_fast.state import StateStore
 from ambient_fast.xds.proto import authorization_pb2 as apb
 from ambient_fast.xds.proto import workload_pb2 as wpb
 from ambient_fast.xds.resources import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+from ambient_fast.ztunnel import inbound_passthrough
 from ambient_fast.ztunnel.accesslog import ACCESS_LOGGER, LogEvent
 from ambient_fast.ztunnel.inbound import PROXY_TLV_PEER_IDENTITY, InboundServer
 from ambient_fast.ztunnel.inbound_passthrough import InboundPlaintextServer
@@ -145,7 +146,8 @@ async def echo_backend(ip: str, prefix_len: int = 0) -> AsyncIterator[Backend]:
     echoes: set[asyncio.Task[None]] = set()
 
     async def echo(sock: socket.socket) -> None:
-        with sock:
+        # A connection the proxy cuts is reset on this side too.
+        with sock, contextlib.suppress(ConnectionResetError):
             if backend.prefix_len:
                 backend.prefixes.append(await recv_exactly(sock, backend.prefix_len))
             while data := await loop.sock_recv(sock, 65536):
@@ -345,11 +347,15 @@ async def test_a_workload_that_is_not_local_is_503(node: Node) -> None:
     assert "unknown local workload" in str(node.access.failed()[0]["error"])
 
 
-async def test_a_policy_change_closes_a_live_connection(node: Node) -> None:
+@pytest.mark.parametrize("moved", [0, 100_000], ids=["idle", "moved"])
+async def test_a_policy_change_closes_a_live_connection_and_counts_its_bytes(
+    node: Node, moved: int
+) -> None:
+    payload = os.urandom(moved)
     app, pumping = await node.open()
-    await sendall(app, b"ping")
-    assert await recv_exactly(app, 4) == b"ping"
-    assert len(node.server.live) == 1
+    await sendall(app, payload)
+    assert await recv_exactly(app, moved) == payload
+    await wait_until(lambda: len(node.server.live) == 1, "the connection to be live")
 
     set_policies(node.store, deny_client("closes-live"))
 
@@ -358,8 +364,32 @@ async def test_a_policy_change_closes_a_live_connection(node: Node) -> None:
     await wait_until(lambda: len(node.server.live) == 0, "the connection to be closed")
     await wait_until(lambda: node.access.complete() != [], "the access log line")
     [line] = node.access.complete()
+    assert str(line["error"]).startswith("connection closed due to policy rejection: ")
     assert "apps/closes-live" in str(line["error"])
+    assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
     assert node.counter("closed", response_flags="DENY") == 1
+    assert node.counter("received_bytes") == node.counter("sent_bytes") == moved
+    await asyncio.gather(pumping, return_exceptions=True)
+
+
+async def test_the_drain_deadline_cuts_a_live_connection_and_counts_its_bytes(
+    node: Node,
+) -> None:
+    payload = os.urandom(100_000)
+    app, pumping = await node.open()
+    await sendall(app, payload)
+    assert await recv_exactly(app, len(payload)) == payload
+    await wait_until(lambda: len(node.server.live) == 1, "the connection to be live")
+
+    await asyncio.wait_for(node.server.close(deadline=0.05), DEADLINE)
+
+    with contextlib.suppress(ConnectionResetError):
+        assert await recv_to_eof(app) == b""
+    [line] = node.access.complete()
+    assert line["error"] == "cancelled"
+    assert (line["bytes_sent"], line["bytes_recv"]) == (len(payload), len(payload))
+    assert node.counter("closed", response_flags="-") == 1
+    assert node.counter("received_bytes") == node.counter("sent_bytes") == len(payload)
     await asyncio.gather(pumping, return_exceptions=True)
 
 
@@ -415,6 +445,47 @@ async def test_plaintext_is_refused_where_policy_requires_an_identity(node: Node
     assert "src.identity" not in line
     assert node.counter("closed", response_flags="DENY", connection_security_policy="unknown") == 1
     assert node.backend.peers == []
+
+
+@pytest.mark.parametrize("cut", ["policy", "drain"])
+@pytest.mark.parametrize("moved", [0, 100_000], ids=["idle", "moved"])
+async def test_a_cut_plaintext_connection_counts_its_bytes(
+    node: Node, monkeypatch: pytest.MonkeyPatch, cut: str, moved: int
+) -> None:
+    # The listener's own address is no workload port: "redirected" to the backend instead.
+    target = (ECHO_IP, node.backend.port)
+    monkeypatch.setattr(inbound_passthrough, "original_destination", lambda _: target)
+    relay = SpliceRelay()
+    node.cleanup.callback(relay.close)
+    plaintext = InboundPlaintextServer(
+        listening_socket((ECHO_IP, 0)), node.store, node.local, node.metrics, relay
+    )
+    plaintext.start()
+    node.cleanup.push_async_callback(plaintext.close, DEADLINE)
+    payload = os.urandom(moved)
+    sock = await dial(ECHO_IP, plaintext.address[1])
+    with sock:
+        await sendall(sock, payload)
+        assert await recv_exactly(sock, moved) == payload
+        await wait_until(lambda: len(plaintext.live) == 1, "the connection to be live")
+
+        if cut == "policy":
+            set_policies(node.store, strict_mtls())
+        else:
+            await asyncio.wait_for(plaintext.close(deadline=0.05), DEADLINE)
+
+        with pytest.raises(ConnectionResetError):
+            await recv_to_eof(sock)
+    await wait_until(lambda: node.access.complete() != [], "the access log line")
+    [line] = node.access.complete()
+    if cut == "policy":
+        assert "apps/strict" in str(line["error"])
+        assert node.counter("closed", response_flags="DENY") == 1
+    else:
+        assert line["error"] == "cancelled"
+        assert node.counter("closed", response_flags="-") == 1
+    assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
+    assert node.counter("received_bytes") == node.counter("sent_bytes") == moved
 
 
 async def test_upstream_sockets_carry_the_mark_and_the_clients_source(node: Node) -> None:

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 
 import pytest
 from google.protobuf.wrappers_pb2 import UInt32Value
-from hbone_harness import dial, dial_target, finish, recv_to_eof, sendall, tls_identity
+from hbone_harness import (
+    dial,
+    dial_target,
+    finish,
+    recv_exactly,
+    recv_to_eof,
+    sendall,
+    tls_identity,
+)
 from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import (
@@ -121,7 +129,8 @@ async def backend(host: str, greeting: bytes = b"") -> AsyncIterator[int]:
     tasks: set[asyncio.Task[None]] = set()
 
     async def serve(conn: socket.socket) -> None:
-        with conn:
+        # A connection the proxy cuts is reset on this side too.
+        with conn, contextlib.suppress(ConnectionResetError):
             if greeting:
                 await loop.sock_sendall(conn, greeting)
             while data := await loop.sock_recv(conn, 65536):
@@ -478,16 +487,25 @@ async def test_drain_refuses_new_connections_and_lets_open_ones_finish() -> None
     assert "error" not in line
 
 
-async def test_drain_deadline_resets_connections_still_open() -> None:
-    async with node() as n, backend("127.0.0.1") as port:
-        sock = await n.connect(SLEEP_IP, ("127.0.0.1", port))
+@pytest.mark.parametrize("moved", [0, 100_000], ids=["idle", "moved"])
+@pytest.mark.parametrize("target_ip", ["127.0.0.1", ECHO_IP], ids=["splice", "hbone"])
+async def test_drain_deadline_resets_connections_and_counts_what_they_moved(
+    target_ip: str, moved: int
+) -> None:
+    payload = os.urandom(moved)
+    async with node() as n, backend(target_ip) as port:
+        sock = await n.connect(SLEEP_IP, (target_ip, port))
         with sock:
             await wait_until(lambda: n.proxy.active() == 1, "the connection to be relayed")
+            await sendall(sock, payload)
+            assert await recv_exactly(sock, moved) == payload
             assert await asyncio.wait_for(n.proxy.drain(0.05), DEADLINE) == 1
             await expect_reset(sock)
         [line] = await n.closed(1)
     assert line["error"] == "drained"
+    assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
     assert count(n.metrics.closed) == 1
+    assert count(n.metrics.received_bytes) == count(n.metrics.sent_bytes) == moved
 
 
 async def test_an_upstream_that_refuses_resets_the_client_and_is_flagged_connect() -> None:
