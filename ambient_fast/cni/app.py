@@ -98,16 +98,21 @@ async def serve(args: argparse.Namespace) -> None:
     xds.start()
     log.info("cni: node %s, %s capture, ZDS on %s, control plane %s", args.node_name,
              args.redirect, args.ztunnel_socket, args.xds_address)  # fmt: skip
-    await xds.ready.wait()
-    running = asyncio.ensure_future(agent.run())
     stopping = asyncio.ensure_future(stop.wait())
+    ready = asyncio.ensure_future(xds.ready.wait())
+    running: asyncio.Future[None] | None = None
     try:
-        await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
-        if running.done():
-            running.result()  # an agent failure is the command's failure
+        # SIGTERM is honoured while the control plane is still out of reach, too.
+        await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not stopping.done():
+            running = asyncio.ensure_future(agent.run())
+            await asyncio.wait([running, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if running.done():
+                running.result()  # an agent failure is the command's failure
     finally:
-        running.cancel()
-        stopping.cancel()
+        for task in (stopping, ready, running):
+            if task is not None:
+                task.cancel()
         # Pods stay captured across an agent restart (as istio-cni's): the next agent takes
         # them over from the namespaces.
         await agent.close()
