@@ -10,6 +10,10 @@ __version__: str
 class HboneError(Exception):
     """An HBONE connection or stream failed (connect, TLS, HTTP/2, reset)."""
 
+    counts: tuple[int, int]
+    """The bytes a failed pump moved before the failure, in the order its result gives them;
+    (0, 0) for every other failure."""
+
 class Http2Settings:
     """HTTP/2 and handshake tunables; the defaults are ztunnel's (reference 01)."""
 
@@ -74,7 +78,7 @@ class ConnectRequest:
         self, reactor: Reactor, token: int, fd: int, headers: list[tuple[str, str]] = ...
     ) -> None:
         """Answers 200 and pumps `fd`; completes with (to_upstream, to_peer) byte counts,
-        also when cut (`Reactor.cut`)."""
+        also when cut (`Reactor.cut`); a failure's HboneError carries them as `counts`."""
 
 class HboneServer:
     def __init__(
@@ -96,7 +100,7 @@ class HboneStream:
     def headers(self) -> list[tuple[str, str]]: ...
     def pump(self, reactor: Reactor, token: int, fd: int) -> None:
         """Pumps `fd`; completes with (socket->stream, stream->socket) byte counts, also when
-        cut (`Reactor.cut`)."""
+        cut (`Reactor.cut`); a failure's HboneError carries them as `counts`."""
     def close(self) -> None: ...
 
 class HbonePool:

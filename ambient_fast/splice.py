@@ -36,6 +36,14 @@ class RelayResult:
     b_to_a: int
 
 
+class RelayError(OSError):
+    """A relay failed (`errno`: the reset it saw) after delivering `counts`, (a_to_b, b_to_a)."""
+
+    def __init__(self, err: int, message: str, counts: tuple[int, int]) -> None:
+        super().__init__(err, message)
+        self.counts = counts
+
+
 class SpliceRelay:
     """Relays socket pairs on one splice engine; create and use it inside a running loop."""
 
@@ -54,7 +62,7 @@ class SpliceRelay:
         """Pumps a <-> b until both directions close; the sockets are consumed either way.
 
         Half-closes are passed through. A reset on either side resets the other and
-        raises OSError with that errno (ConnectionResetError, BrokenPipeError).
+        raises RelayError with that errno (ECONNRESET, EPIPE) and the bytes delivered before.
         Cancelling the awaiting task cuts the relay: both sockets are reset, then PumpCut
         (a CancelledError) carries (a_to_b, b_to_a), the bytes delivered until then.
         The sockets must not be registered with the event loop.
@@ -82,15 +90,16 @@ class SpliceRelay:
             a_to_b, b_to_a, _ = await asyncio.shield(done)
             raise PumpCut(a_to_b, b_to_a) from None
         if err:
-            raise OSError(
+            raise RelayError(
                 err,
                 f"relay {label} failed after {a_to_b} bytes a->b, {b_to_a} bytes b->a: "
                 f"{os.strerror(err)}",
+                (a_to_b, b_to_a),
             )
         return RelayResult(a_to_b, b_to_a)
 
     def close(self) -> None:
-        """Stops the engine; relays still running raise OSError(ECANCELED)."""
+        """Stops the engine; relays still running raise RelayError(ECANCELED)."""
         if self._closed:
             return
         self._closed = True

@@ -139,6 +139,7 @@ class HboneServer:
             )
         except _native.HboneError as e:
             error = str(e)
+            to_upstream, to_peer = e.counts
             log.info("hbone: %s -> %s: %s", peer, target, error)
         except PumpCut as e:
             cut, error = e, CUT_ERROR

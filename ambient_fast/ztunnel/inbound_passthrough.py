@@ -17,7 +17,7 @@ from collections.abc import Container
 
 from ambient_fast.metrics import ConnectionLabels, Metrics, Reporter, ResponseFlag
 from ambient_fast.pumps import CUT_ERROR, PumpCut
-from ambient_fast.splice import SpliceRelay
+from ambient_fast.splice import RelayError, SpliceRelay
 from ambient_fast.state import StateStore, Workload
 from ambient_fast.ztunnel.accesslog import (
     AccessLog,
@@ -174,6 +174,10 @@ class InboundPlaintextServer:
         self.live.add(task, connection)
         try:
             result = await self._relay.relay(client, upstream)
+        except RelayError as e:
+            if self.live.pop(task) is not None:
+                connection.finish(*e.counts, str(e))
+            return
         except OSError as e:
             if self.live.pop(task) is not None:
                 connection.finish(0, 0, str(e))

@@ -29,7 +29,7 @@ from ambient_fast.identity.spiffe import Identity
 from ambient_fast.metrics.labels import ConnectionLabels, Reporter, ResponseFlag
 from ambient_fast.metrics.traffic import ConnectionMetrics
 from ambient_fast.pumps import PumpCut
-from ambient_fast.splice import SpliceRelay
+from ambient_fast.splice import RelayError, SpliceRelay
 from ambient_fast.state import StateStore, Workload
 from ambient_fast.state.model import DEFAULT_HBONE_PORT, IpAddress
 from ambient_fast.ztunnel.accesslog import AccessLog, ConnectionLog, connection_failed
@@ -279,7 +279,11 @@ class OutboundProxy:
                 to_upstream, to_downstream = await self._splice(sock, route.dial)
         except _UpstreamFailed as e:
             error, flag = str(e), ResponseFlag.CONNECT
-        except (OSError, _native.HboneError) as e:
+        except (RelayError, _native.HboneError) as e:
+            # The pump failed (a reset) after moving these.
+            to_upstream, to_downstream = e.counts
+            error = str(e)
+        except OSError as e:
             error = str(e)
         except asyncio.CancelledError as e:
             # A cut pump (drain deadline) reports what it moved; an earlier cancel moved nothing.

@@ -1,5 +1,6 @@
 //! The byte pump between a plaintext TCP socket and an HBONE stream. Runs entirely on the
-//! tokio runtime: no Python, no GIL, per-direction counts at the end (a cut's too).
+//! tokio runtime: no Python, no GIL, per-direction counts at the end (a cut's and a failure's
+//! too).
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -111,13 +112,14 @@ fn reset(sock: &TcpStream) {
 }
 
 /// Pumps until both directions finish, or until `stop` resolves (a cut: the socket and the
-/// stream are reset). Returns (socket->stream, stream->socket) byte counts, a cut's included.
+/// stream are reset). Returns (socket->stream, stream->socket) byte counts, a cut's included;
+/// a failure comes with the counts moved before it.
 pub async fn pump(
     socket: TcpStream,
     mut send: SendStream<Bytes>,
     mut recv: RecvStream,
     stop: impl Future<Output = ()>,
-) -> Result<(u64, u64), PumpError> {
+) -> Result<(u64, u64), (PumpError, (u64, u64))> {
     let (mut read, mut write) = socket.into_split();
     let (mut up, mut down) = (0, 0);
     // The directions count into locals, so the totals outlive a pump ended mid-copy.
@@ -137,7 +139,7 @@ pub async fn pump(
         Some(Ok(_)) => Ok((up, down)),
         Some(Err(e)) => {
             send.send_reset(Reason::CANCEL);
-            Err(e)
+            Err((e, (up, down)))
         }
         None => {
             reset(read.as_ref());

@@ -75,6 +75,8 @@ enum Outcome {
     Stream(Tunnel),
     Request(InboundConnect),
     Error(String),
+    /// A pump failed after moving these counts (in the order its `Counts` would give them).
+    Failed(String, u64, u64),
 }
 
 fn parse_ip(ip: &str) -> PyResult<IpAddr> {
@@ -113,7 +115,7 @@ async fn pump_fd(
     };
     match pump(tcp, send, recv, stop.stopped()).await {
         Ok((up, down)) => Outcome::Counts(up, down),
-        Err(e) => Outcome::Error(e.to_string()),
+        Err((e, (up, down))) => Outcome::Failed(e.to_string(), up, down),
     }
 }
 
@@ -150,6 +152,11 @@ impl Reactor {
                 Outcome::Stream(t) => Py::new(py, HboneStream::from(t))?.into_any(),
                 Outcome::Request(c) => Py::new(py, ConnectRequest::from(c))?.into_any(),
                 Outcome::Error(message) => HboneError::new_err(message).into_value(py).into_any(),
+                Outcome::Failed(message, a, b) => {
+                    let error = HboneError::new_err(message).into_value(py).into_any();
+                    error.bind(py).setattr("counts", (a, b))?;
+                    error
+                }
             };
             done.push((token, value));
         }
@@ -406,7 +413,7 @@ impl ConnectRequest {
     }
 
     /// Answers 200 and pumps `fd`; completes with (stream->socket, socket->stream) counts, also
-    /// when cut.
+    /// when cut; a failure's HboneError carries them as `counts`.
     #[pyo3(signature = (reactor, token, fd, headers = Vec::new()))]
     fn accept(&self, reactor: &Reactor, token: u64, fd: RawFd, headers: Headers) -> PyResult<()> {
         let mut response = Response::builder().status(200);
@@ -425,6 +432,9 @@ impl ConnectRequest {
                         // The pump reports (socket->stream, stream->socket); callers want inbound first.
                         Outcome::Counts(to_peer, to_upstream) => {
                             Outcome::Counts(to_upstream, to_peer)
+                        }
+                        Outcome::Failed(message, to_peer, to_upstream) => {
+                            Outcome::Failed(message, to_upstream, to_peer)
                         }
                         other => other,
                     },
@@ -567,7 +577,7 @@ impl From<Tunnel> for HboneStream {
 #[pymethods]
 impl HboneStream {
     /// Pumps `fd` through the stream; completes with (socket->stream, stream->socket) counts,
-    /// also when cut.
+    /// also when cut; a failure's HboneError carries them as `counts`.
     fn pump(&self, reactor: &Reactor, token: u64, fd: RawFd) -> PyResult<()> {
         let (send, recv, slot) = self
             .tunnel
@@ -620,7 +630,10 @@ fn crypto_provider() -> String {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     LogBridge::global();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("HboneError", m.py().get_type::<HboneError>())?;
+    let error = m.py().get_type::<HboneError>();
+    // A pump's failure overrides this with the bytes it moved; every other failure moved none.
+    error.setattr("counts", (0u64, 0u64))?;
+    m.add("HboneError", error)?;
     m.add_class::<Reactor>()?;
     m.add_class::<Http2Settings>()?;
     m.add_class::<TlsIdentity>()?;

@@ -146,6 +146,27 @@ async def test_reset_by_the_upstream_resets_the_client(mesh: Loopback) -> None:
     assert result.error is not None
 
 
+@pytest.mark.parametrize("moved", [0, 300_000], ids=["idle", "moved"])
+async def test_a_reset_fails_both_pumps_with_the_bytes_they_moved(
+    mesh: Loopback, moved: int
+) -> None:
+    tunnel = await mesh.open()
+    payload = random.randbytes(moved)
+    await sendall(tunnel.app, payload)
+    assert await recv_exactly(tunnel.upstream, moved) == payload
+    await sendall(tunnel.upstream, payload[: moved // 2])
+    assert await recv_exactly(tunnel.app, moved // 2) == payload[: moved // 2]
+    reset(tunnel.upstream)
+    with pytest.raises(ConnectionResetError):
+        await recv_to_eof(tunnel.app)
+    with pytest.raises(HboneError, match="hbone stream") as failure:
+        await pump_counts(tunnel)
+    assert failure.value.counts == (moved, moved // 2)  # (sent, received)
+    [result] = await mesh.server.result_count(1)
+    assert result.error is not None and result.error.startswith("plaintext socket")
+    assert (result.to_upstream, result.to_peer) == (moved, moved // 2)
+
+
 async def test_a_vanishing_hbone_peer_resets_both_plaintext_ends(mesh: Loopback) -> None:
     # The client reaches the HBONE server through a relay we can cut with a reset.
     loop = asyncio.get_running_loop()

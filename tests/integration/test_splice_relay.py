@@ -31,7 +31,7 @@ from waits import DEADLINE, wait_until
 
 from ambient_fast._core import SpliceEngine
 from ambient_fast.pumps import PumpCut
-from ambient_fast.splice import RelayResult, SpliceRelay
+from ambient_fast.splice import RelayError, RelayResult, SpliceRelay
 
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError)
 TCP_CLOSE = 7  # tcpi_state value, include/net/tcp_states.h
@@ -215,8 +215,10 @@ async def test_reset_on_one_side_resets_the_other(chain: Chain, resetter: str) -
     )
     reset(gone)
     await expect_reset(survivor)
-    with pytest.raises(ConnectionResetError, match="failed after 4 bytes a->b"):
+    with pytest.raises(RelayError, match="failed after 4 bytes a->b") as failure:
         await relay_result(chain)
+    assert failure.value.errno == errno.ECONNRESET
+    assert failure.value.counts == (4, 0)
 
 
 async def test_reset_after_half_close_still_propagates(chain: Chain) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from google.protobuf.empty_pb2 import Empty
-from hbone_harness import dial, finish, recv_exactly, recv_to_eof, sendall
+from hbone_harness import dial, finish, recv_exactly, recv_to_eof, reset, sendall
 from sockets import tcp_pair
 from waits import DEADLINE, wait_until
 
@@ -372,6 +372,27 @@ async def test_a_policy_change_closes_a_live_connection_and_counts_its_bytes(
     await asyncio.gather(pumping, return_exceptions=True)
 
 
+@pytest.mark.parametrize("moved", [0, 100_000], ids=["idle", "moved"])
+async def test_a_reset_connection_is_counted_with_its_bytes_and_the_error(
+    node: Node, moved: int
+) -> None:
+    payload = os.urandom(moved)
+    app, pumping = await node.open()
+    await sendall(app, payload)
+    assert await recv_exactly(app, moved) == payload
+    await wait_until(lambda: len(node.server.live) == 1, "the connection to be live")
+
+    reset(app)  # the client's pump resets the stream: the server's pump fails
+
+    await wait_until(lambda: node.access.complete() != [], "the access log line")
+    [line] = node.access.complete()
+    assert str(line["error"]).startswith("hbone stream: ")
+    assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
+    assert node.counter("closed", response_flags="-") == 1
+    assert node.counter("received_bytes") == node.counter("sent_bytes") == moved
+    await asyncio.gather(pumping, return_exceptions=True)
+
+
 async def test_the_drain_deadline_cuts_a_live_connection_and_counts_its_bytes(
     node: Node,
 ) -> None:
@@ -485,6 +506,35 @@ async def test_a_cut_plaintext_connection_counts_its_bytes(
         assert line["error"] == "cancelled"
         assert node.counter("closed", response_flags="-") == 1
     assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
+    assert node.counter("received_bytes") == node.counter("sent_bytes") == moved
+
+
+@pytest.mark.parametrize("moved", [0, 100_000], ids=["idle", "moved"])
+async def test_a_reset_plaintext_connection_is_counted_with_its_bytes_and_the_error(
+    node: Node, monkeypatch: pytest.MonkeyPatch, moved: int
+) -> None:
+    target = (ECHO_IP, node.backend.port)
+    monkeypatch.setattr(inbound_passthrough, "original_destination", lambda _: target)
+    relay = SpliceRelay()
+    node.cleanup.callback(relay.close)
+    plaintext = InboundPlaintextServer(
+        listening_socket((ECHO_IP, 0)), node.store, node.local, node.metrics, relay
+    )
+    plaintext.start()
+    node.cleanup.push_async_callback(plaintext.close, DEADLINE)
+    payload = os.urandom(moved)
+    sock = await dial(ECHO_IP, plaintext.address[1])
+    await sendall(sock, payload)
+    assert await recv_exactly(sock, moved) == payload
+    await wait_until(lambda: len(plaintext.live) == 1, "the connection to be live")
+
+    reset(sock)
+
+    await wait_until(lambda: node.access.complete() != [], "the access log line")
+    [line] = node.access.complete()
+    assert "Connection reset by peer" in str(line["error"])
+    assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
+    assert node.counter("closed", response_flags="-") == 1
     assert node.counter("received_bytes") == node.counter("sent_bytes") == moved
 
 

@@ -25,6 +25,7 @@ from hbone_harness import (
     finish,
     recv_exactly,
     recv_to_eof,
+    reset,
     sendall,
     tls_identity,
 )
@@ -503,6 +504,25 @@ async def test_drain_deadline_resets_connections_and_counts_what_they_moved(
             await expect_reset(sock)
         [line] = await n.closed(1)
     assert line["error"] == "drained"
+    assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
+    assert count(n.metrics.closed) == 1
+    assert count(n.metrics.received_bytes) == count(n.metrics.sent_bytes) == moved
+
+
+@pytest.mark.parametrize("moved", [0, 100_000], ids=["idle", "moved"])
+@pytest.mark.parametrize("target_ip", ["127.0.0.1", ECHO_IP], ids=["splice", "hbone"])
+async def test_a_reset_connection_is_counted_with_its_bytes_and_the_error(
+    target_ip: str, moved: int
+) -> None:
+    payload = os.urandom(moved)
+    async with node() as n, backend(target_ip) as port:
+        sock = await n.connect(SLEEP_IP, (target_ip, port))
+        await wait_until(lambda: n.proxy.active() == 1, "the connection to be relayed")
+        await sendall(sock, payload)
+        assert await recv_exactly(sock, moved) == payload
+        reset(sock)
+        [line] = await n.closed(1)
+    assert "reset by peer" in str(line["error"])
     assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
     assert count(n.metrics.closed) == 1
     assert count(n.metrics.received_bytes) == count(n.metrics.sent_bytes) == moved
