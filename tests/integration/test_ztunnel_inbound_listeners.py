@@ -468,12 +468,9 @@ async def test_plaintext_is_refused_where_policy_requires_an_identity(node: Node
     assert node.backend.peers == []
 
 
-@pytest.mark.parametrize("cut", ["policy", "drain"])
-@pytest.mark.parametrize("moved", [0, 100_000], ids=["idle", "moved"])
-async def test_a_cut_plaintext_connection_counts_its_bytes(
-    node: Node, monkeypatch: pytest.MonkeyPatch, cut: str, moved: int
-) -> None:
-    # The listener's own address is no workload port: "redirected" to the backend instead.
+def plaintext_to_backend(node: Node, monkeypatch: pytest.MonkeyPatch) -> InboundPlaintextServer:
+    """A started 15006 listener whose connections are "redirected" to the backend (the
+    listener's own address is no workload port)."""
     target = (ECHO_IP, node.backend.port)
     monkeypatch.setattr(inbound_passthrough, "original_destination", lambda _: target)
     relay = SpliceRelay()
@@ -483,6 +480,15 @@ async def test_a_cut_plaintext_connection_counts_its_bytes(
     )
     plaintext.start()
     node.cleanup.push_async_callback(plaintext.close, DEADLINE)
+    return plaintext
+
+
+@pytest.mark.parametrize("cut", ["policy", "drain"])
+@pytest.mark.parametrize("moved", [0, 100_000], ids=["idle", "moved"])
+async def test_a_cut_plaintext_connection_counts_its_bytes(
+    node: Node, monkeypatch: pytest.MonkeyPatch, cut: str, moved: int
+) -> None:
+    plaintext = plaintext_to_backend(node, monkeypatch)
     payload = os.urandom(moved)
     sock = await dial(ECHO_IP, plaintext.address[1])
     with sock:
@@ -513,15 +519,7 @@ async def test_a_cut_plaintext_connection_counts_its_bytes(
 async def test_a_reset_plaintext_connection_is_counted_with_its_bytes_and_the_error(
     node: Node, monkeypatch: pytest.MonkeyPatch, moved: int
 ) -> None:
-    target = (ECHO_IP, node.backend.port)
-    monkeypatch.setattr(inbound_passthrough, "original_destination", lambda _: target)
-    relay = SpliceRelay()
-    node.cleanup.callback(relay.close)
-    plaintext = InboundPlaintextServer(
-        listening_socket((ECHO_IP, 0)), node.store, node.local, node.metrics, relay
-    )
-    plaintext.start()
-    node.cleanup.push_async_callback(plaintext.close, DEADLINE)
+    plaintext = plaintext_to_backend(node, monkeypatch)
     payload = os.urandom(moved)
     sock = await dial(ECHO_IP, plaintext.address[1])
     await sendall(sock, payload)
