@@ -1,4 +1,5 @@
-"""Typed surface of the Rust extension (native/src/python.rs): rustls mTLS, HBONE, pumps.
+"""Typed surface of the Rust extension (native/src/python.rs): rustls mTLS, HBONE, pumps, and
+the node proxy's X.509 (native/src/python_pki.rs).
 
 Asynchronous operations take a Reactor and a token and complete on the reactor's queue
 (ambient_fast/hbone/completions.py turns them into futures); bytes never enter Python.
@@ -139,3 +140,58 @@ def configure_runtime(worker_threads: int) -> None:
 def crypto_provider() -> str: ...
 def drain_logs() -> list[tuple[int, str, str]]:
     """Native log records as (logging level, logger name, message)."""
+
+# -- X.509 for the node proxy (native/src/pki.rs); every failure is a ValueError -------------
+
+class Certificate:
+    """One parsed X.509 certificate; equal when their DER is."""
+
+    @property
+    def der(self) -> bytes: ...
+    @property
+    def pem(self) -> str: ...
+    @property
+    def serial_bytes(self) -> bytes:
+        """The serial number's big-endian magnitude."""
+    @property
+    def not_before(self) -> int:
+        """POSIX seconds."""
+    @property
+    def not_after(self) -> int: ...
+    @property
+    def uri_sans(self) -> list[str]: ...
+    @property
+    def spki(self) -> bytes:
+        """SubjectPublicKeyInfo, DER."""
+
+def parse_certificates(pem: bytes) -> list[Certificate]:
+    """Every CERTIFICATE block, in order; no block or another kind of block is an error."""
+
+def private_key_spki(key_pem: bytes) -> bytes:
+    """The SubjectPublicKeyInfo (DER) of a PKCS#8 PEM private key."""
+
+def verify_client_chain(
+    leaf: Certificate, intermediates: list[Certificate], roots: list[Certificate], now: float
+) -> None:
+    """Raises ValueError unless `leaf` chains to `roots` for client auth at `now`."""
+
+def workload_key_and_csr(uri: str) -> tuple[bytes, str]:
+    """A fresh P-256 key (PKCS#8 PEM) and its CSR (PEM): empty subject, one critical URI SAN."""
+
+class LocalCa:
+    """A root CA signing workload certificates locally (FAKE_CA), in the control plane CA's
+    certificate profile."""
+
+    @staticmethod
+    def create(trust_domain: str, ttl_seconds: float) -> LocalCa:
+        """A fresh self-signed P-256 root, O=`trust_domain`."""
+    @staticmethod
+    def load(cert_pem: bytes, key_pem: bytes) -> LocalCa:
+        """An existing root and its key (EC or RSA, PKCS#8 or SEC1 PEM)."""
+    @property
+    def root_pem(self) -> bytes: ...
+    @property
+    def key_pem(self) -> bytes: ...
+    def sign_csr(self, csr_pem: str, identity: str, ttl_seconds: float) -> bytes:
+        """The leaf PEM for a CSR whose self-signature holds and whose only URI SAN is
+        `identity`."""

@@ -1,6 +1,7 @@
 """A mesh certificate authority and the workload certificates it issues.
 
-Used by the standalone (self-signed) mode, by the control plane's CA and by test fixtures.
+Used by the control plane's CA and by test fixtures; the node proxy signs and checks with the
+native extension instead (`_native.LocalCa`, same profile), so it never loads `cryptography`.
 Workload certificates follow Istio: EC P-256 keys, empty subject, one critical URI SAN.
 The CA key is EC (our own roots) or RSA (plug-in CAs, as istiod accepts in its cacerts).
 """
@@ -17,11 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ambient_fast.identity.lifetimes import DEFAULT_ROOT_TTL, DEFAULT_WORKLOAD_TTL
 from ambient_fast.identity.spiffe import Identity
 
-# Istio's default workload certificate lifetime (SECRET_TTL) and root lifetime (10 years).
-DEFAULT_WORKLOAD_TTL = datetime.timedelta(hours=24)
-DEFAULT_ROOT_TTL = datetime.timedelta(days=3650)
 # Backdate notBefore a little so peers with slightly skewed clocks accept new certificates.
 _CLOCK_SKEW = datetime.timedelta(minutes=1)
 

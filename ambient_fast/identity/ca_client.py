@@ -18,8 +18,8 @@ from grpclib.config import Configuration
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from h2.exceptions import H2Error
 
-from ambient_fast.identity.ca import DEFAULT_WORKLOAD_TTL
 from ambient_fast.identity.issuer import CaRefused, CaUnavailable
+from ambient_fast.identity.lifetimes import DEFAULT_WORKLOAD_TTL
 from ambient_fast.identity.spiffe import Identity
 from ambient_fast.xds.client import server_name_for
 from ambient_fast.xds.proto.citadel_grpc import IstioCertificateServiceStub

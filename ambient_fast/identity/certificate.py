@@ -12,14 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
-
 from ambient_fast import _native
 from ambient_fast.identity.spiffe import Identity
-
-_SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
 
 
 class CertificateRejected(Exception):
@@ -30,8 +24,8 @@ def _utc(timestamp: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
 
 
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
+def _pem(certificates: Sequence[_native.Certificate]) -> bytes:
+    return "".join(c.pem for c in certificates).encode()
 
 
 class TrustRoots:
@@ -39,15 +33,11 @@ class TrustRoots:
 
     def __init__(self, roots_pem: bytes) -> None:
         try:
-            certificates = x509.load_pem_x509_certificates(roots_pem)
+            certificates = _native.parse_certificates(roots_pem)
         except ValueError as e:
             raise ValueError(f"trust roots: not PEM certificates ({e})") from e
         self.certificates = tuple(certificates)
-        self.pem = b"".join(_pem(c) for c in self.certificates)
-        self._store = Store(list(self.certificates))
-
-    def verifier(self, now: float) -> PolicyBuilder:
-        return PolicyBuilder().store(self._store).time(_utc(now))
+        self.pem = _pem(self.certificates)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,14 +71,6 @@ class VerifiedCertificate:
         )
 
 
-def _uri_sans(leaf: x509.Certificate) -> list[str]:
-    try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return san.get_values_for_type(x509.UniformResourceIdentifier)
-
-
 def verify_issued(
     identity: Identity, chain: Sequence[str], key_pem: bytes, roots: TrustRoots, now: float
 ) -> VerifiedCertificate:
@@ -96,11 +78,11 @@ def verify_issued(
     if not chain:
         raise CertificateRejected(f"CA answered {identity} with an empty certificate chain")
     try:
-        certs = [x509.load_pem_x509_certificate(pem.encode()) for pem in chain]
+        certs = [c for pem in chain for c in _native.parse_certificates(pem.encode())]
     except ValueError as e:
         raise CertificateRejected(f"CA answered {identity} with a malformed chain: {e}") from e
     leaf = certs[0]
-    uris = _uri_sans(leaf)
+    uris = leaf.uri_sans
     # Exactly the identity asked for: a certificate with other or extra URI SANs would let this
     # node present identities nobody granted it (ztunnel compares the leaf's identity too).
     if uris != [str(identity)]:
@@ -108,32 +90,31 @@ def verify_issued(
         raise CertificateRejected(
             f"CA returned a certificate for {found} when asked for {identity}"
         )
-    key = serialization.load_pem_private_key(key_pem, password=None)
-    if leaf.public_key().public_bytes(*_SPKI) != key.public_key().public_bytes(*_SPKI):
+    if leaf.spki != _native.private_key_spki(key_pem):
         raise CertificateRejected(f"CA returned a certificate for {identity} with another key")
-    not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
-    if not_after.timestamp() <= now:
+    not_before, not_after = leaf.not_before, leaf.not_after
+    if not_after <= now:
         raise CertificateRejected(
-            f"CA returned a certificate for {identity} expired at {not_after}"
+            f"CA returned a certificate for {identity} expired at {_utc(not_after)}"
         )
-    if not_before.timestamp() > now:
+    if not_before > now:
         raise CertificateRejected(
-            f"CA returned a certificate for {identity} not valid before {not_before}"
+            f"CA returned a certificate for {identity} not valid before {_utc(not_before)}"
         )
     # Roots travel separately (`roots_pem`); what remains is what a TLS peer needs from us.
     intermediates = [c for c in certs[1:] if c not in roots.certificates]
     try:
-        roots.verifier(now).build_client_verifier().verify(leaf, intermediates)
-    except VerificationError as e:
+        _native.verify_client_chain(leaf, intermediates, list(roots.certificates), now)
+    except ValueError as e:
         raise CertificateRejected(
             f"certificate for {identity} does not chain to the configured roots: {e}"
         ) from e
     return VerifiedCertificate(
         identity=identity,
-        chain_pem=b"".join(_pem(c) for c in [leaf, *intermediates]),
+        chain_pem=_pem([leaf, *intermediates]),
         key_pem=key_pem,
         roots_pem=roots.pem,
-        not_before=not_before.timestamp(),
-        not_after=not_after.timestamp(),
-        serial=leaf.serial_number,
+        not_before=not_before,
+        not_after=not_after,
+        serial=int.from_bytes(leaf.serial_bytes, "big"),
     )

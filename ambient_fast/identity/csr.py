@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
+from ambient_fast import _native
 from ambient_fast.identity.spiffe import Identity
 
 
@@ -19,17 +16,5 @@ class KeyAndCsr:
 
 def new_csr(identity: Identity | str) -> KeyAndCsr:
     """A fresh P-256 key and its CSR: empty subject, one critical URI SAN (ztunnel's form)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return KeyAndCsr(key_pem, csr.public_bytes(serialization.Encoding.PEM).decode())
+    key_pem, csr_pem = _native.workload_key_and_csr(str(identity))
+    return KeyAndCsr(key_pem, csr_pem)

@@ -2,9 +2,9 @@
 
 `CertificateIssuer` is a CSR in, a PEM chain out (leaf first) or a `CaError`. Two implement it:
 `ca_client.CaClient` (istiod's CA over gRPC, loaded only when CA_ADDRESS is used) and
-`SelfSignedCa` here, which signs locally with a `MeshCA` so a node proxy can run without a
-control plane (FAKE_CA). Keeping the gRPC client out of this module keeps grpclib out of a
-proxy that never calls a CA.
+`SelfSignedCa` here, which signs locally with the native `LocalCa` (the control plane CA's
+certificate profile) so a node proxy can run without a control plane (FAKE_CA). Keeping the gRPC
+client out of this module keeps grpclib's channel out of a proxy that never calls a CA.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Protocol
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from grpclib.const import Status
 
-from ambient_fast.identity.ca import DEFAULT_WORKLOAD_TTL, MeshCA
+from ambient_fast import _native
+from ambient_fast.identity.lifetimes import DEFAULT_ROOT_TTL, DEFAULT_WORKLOAD_TTL
 from ambient_fast.identity.spiffe import Identity
 
 
@@ -60,7 +59,9 @@ class SelfSignedCa:
     to the identity); the leaf lives `validity` and the chain is [leaf, root].
     """
 
-    def __init__(self, ca: MeshCA, validity: datetime.timedelta = DEFAULT_WORKLOAD_TTL) -> None:
+    def __init__(
+        self, ca: _native.LocalCa, validity: datetime.timedelta = DEFAULT_WORKLOAD_TTL
+    ) -> None:
         self.ca = ca
         self.validity = validity
 
@@ -68,30 +69,38 @@ class SelfSignedCa:
     def roots_pem(self) -> bytes:
         return self.ca.root_pem
 
+    @property
+    def key_pem(self) -> bytes:
+        return self.ca.key_pem
+
+    @classmethod
+    def create(
+        cls, trust_domain: str, validity: datetime.timedelta = DEFAULT_WORKLOAD_TTL
+    ) -> SelfSignedCa:
+        """A fresh P-256 root, O=`trust_domain`, that only this process knows."""
+        root = _native.LocalCa.create(trust_domain, DEFAULT_ROOT_TTL.total_seconds())
+        return cls(root, validity)
+
+    @classmethod
+    def from_pem(
+        cls, cert_pem: bytes, key_pem: bytes, validity: datetime.timedelta = DEFAULT_WORKLOAD_TTL
+    ) -> SelfSignedCa:
+        """An existing root and its key (EC or RSA); ValueError names what is wrong."""
+        return cls(_native.LocalCa.load(cert_pem, key_pem), validity)
+
     @classmethod
     def load(
         cls, cert_path: Path, key_path: Path, validity: datetime.timedelta = DEFAULT_WORKLOAD_TTL
     ) -> SelfSignedCa:
         """A root written by `ambient-fast certs` (root-cert.pem, root-key.pem)."""
-        return cls(MeshCA.load(cert_path.read_bytes(), key_path.read_bytes()), validity)
+        try:
+            return cls.from_pem(cert_path.read_bytes(), key_path.read_bytes(), validity)
+        except ValueError as e:
+            raise ValueError(f"{cert_path.parent}: {e}") from e
 
     async def create_certificate(self, identity: Identity, csr_pem: str) -> list[str]:
-        def refuse(reason: str) -> CaRefused:
-            return CaRefused(identity, Status.INVALID_ARGUMENT, reason, "self-signed")
-
         try:
-            csr = x509.load_pem_x509_csr(csr_pem.encode())
-            key = csr.public_key()
-            signed = csr.is_signature_valid
-            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except (ValueError, x509.ExtensionNotFound) as e:
-            raise refuse(f"malformed CSR: {e}") from e
-        if not signed:
-            raise refuse("CSR signature does not match its key")
-        if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-            raise refuse(f"CSR key {type(key).__name__} is neither EC nor RSA")
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        if uris != [str(identity)]:
-            raise refuse(f"CSR asks for {', '.join(uris) or 'no URI SAN'}")
-        leaf = self.ca.sign(key, [str(identity)], self.validity)
+            leaf = self.ca.sign_csr(csr_pem, str(identity), self.validity.total_seconds())
+        except ValueError as e:
+            raise CaRefused(identity, Status.INVALID_ARGUMENT, str(e), "self-signed") from e
         return [leaf.decode(), self.ca.root_pem.decode()]

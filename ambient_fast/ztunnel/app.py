@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from ambient_fast._native import HbonePool
 from ambient_fast.hbone.client import HboneClient
-from ambient_fast.identity import MeshCA
 from ambient_fast.identity.issuer import CertificateIssuer, SelfSignedCa
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.metrics import Metrics, MetricsServer
@@ -43,8 +42,6 @@ from ambient_fast.ztunnel.config import (
     ZtunnelConfig,
     from_args,
 )
-from ambient_fast.ztunnel.inpod import InPodProxies, ZdsClient
-from ambient_fast.ztunnel.pod_netns import NetnsThread
 from ambient_fast.ztunnel.proxy import ProxyContext, ProxySockets, WorkloadProxy
 from ambient_fast.ztunnel.sockets import (
     PROXY_MARK,
@@ -55,6 +52,8 @@ from ambient_fast.ztunnel.sockets import (
 
 if TYPE_CHECKING:
     from ambient_fast.xds.client import XdsClient
+    from ambient_fast.ztunnel.inpod import InPodProxies, ZdsClient
+    from ambient_fast.ztunnel.pod_netns import NetnsThread
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ class Ztunnel:
                     validity,
                 )
             else:
-                self.self_signed = SelfSignedCa(MeshCA.create(config.cluster_domain), validity)
+                self.self_signed = SelfSignedCa.create(config.cluster_domain, validity)
             return self.self_signed, self.self_signed.roots_pem
         assert config.ca_address is not None
         # gRPC (grpclib, h2, the CA's protos) only for a proxy that calls a CA: about 2.5 MiB.
@@ -285,6 +284,10 @@ class Ztunnel:
         )
 
     async def _start_shared(self, context: ProxyContext) -> None:
+        # In-pod machinery (ZDS, setns, eBPF listener maps, ctypes) only where it is used.
+        from ambient_fast.ztunnel.inpod import InPodProxies, ZdsClient
+        from ambient_fast.ztunnel.pod_netns import NetnsThread
+
         config = self.config
         self._netns_thread = NetnsThread()
         try:

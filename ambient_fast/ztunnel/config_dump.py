@@ -15,10 +15,7 @@ from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from ambient_fast import __version__
+from ambient_fast import __version__, _native
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.policy.model import Match, Policy, StringMatch, StringMatchKind
 from ambient_fast.state import GatewayAddress, Service, StateStore, Workload
@@ -162,8 +159,8 @@ def policy_dump(policy: Policy) -> dict[str, Any]:
     }
 
 
-def _rfc3339(when: datetime.datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+def _rfc3339(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _certificates(pem: bytes) -> list[dict[str, str]]:
@@ -171,12 +168,12 @@ def _certificates(pem: bytes) -> list[dict[str, str]]:
     (istioctl parses it as decimal and shows hex), times in RFC 3339 seconds."""
     return [
         {
-            "pem": base64.b64encode(cert.public_bytes(serialization.Encoding.PEM)).decode(),
-            "serialNumber": str(cert.serial_number),
-            "validFrom": _rfc3339(cert.not_valid_before_utc),
-            "expirationTime": _rfc3339(cert.not_valid_after_utc),
+            "pem": base64.b64encode(cert.pem.encode()).decode(),
+            "serialNumber": str(int.from_bytes(cert.serial_bytes, "big")),
+            "validFrom": _rfc3339(cert.not_before),
+            "expirationTime": _rfc3339(cert.not_after),
         }
-        for cert in x509.load_pem_x509_certificates(pem)
+        for cert in _native.parse_certificates(pem)
     ]
 
 

@@ -1,5 +1,6 @@
 //! ambient-fast's native data path. Pure modules (`tls`, `verify`, `server`, `pool`, `pump`,
-//! `settings`, `netns`) know nothing of Python; `python` is the thin PyO3 binding layer.
+//! `settings`, `netns`, `pki`) know nothing of Python; `python` (and `python_pki`) are the thin
+//! PyO3 binding layer.
 
 /// mimalloc keeps freed buffers instead of returning them to the kernel: glibc's malloc
 /// turned the 1 MiB HTTP/2 frame buffers into page-fault churn (about 12% of proxy CPU).
@@ -9,9 +10,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub mod completion;
 pub mod logbridge;
 pub mod netns;
+pub mod pki;
 pub mod pool;
 pub mod pump;
 mod python;
+mod python_pki;
 pub mod server;
 pub mod settings;
 pub mod tls;

@@ -645,5 +645,5 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(configure_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(crypto_provider, m)?)?;
     m.add_function(wrap_pyfunction!(drain_logs, m)?)?;
-    Ok(())
+    crate::python_pki::register(m)
 }

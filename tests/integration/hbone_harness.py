@@ -35,7 +35,7 @@ from ambient_fast.hbone import (
     TunnelResult,
 )
 from ambient_fast.hbone.server import Handler
-from ambient_fast.identity import MeshCA, WorkloadCertificate
+from ambient_fast.identity.ca import MeshCA, WorkloadCertificate
 
 CLIENT_ID = "spiffe://cluster.local/ns/client/sa/sleep"
 SERVER_ID = "spiffe://cluster.local/ns/server/sa/echo"

@@ -30,7 +30,7 @@ from hbone_harness import (
 from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import HboneError, HboneRoute, Http2Settings
-from ambient_fast.identity import MeshCA
+from ambient_fast.identity.ca import MeshCA
 
 OTHER_TD_SERVER = "spiffe://evil.example/ns/server/sa/echo"
 OTHER_TD_CLIENT = "spiffe://evil.example/ns/client/sa/sleep"

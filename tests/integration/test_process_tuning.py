@@ -14,7 +14,7 @@ import pytest
 from installed import PACKAGE_ROOT
 from waits import DEADLINE
 
-from ambient_fast.identity import MeshCA
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.process_tuning import glibc_version, memcpy_environment, read_cpuinfo
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")

@@ -17,7 +17,7 @@ from grpclib.server import Stream
 from waits import DEADLINE, wait_until
 from xds_harness import NODE_ID, RawBytes, ads_client, raw_ads_stream
 
-from ambient_fast.identity import MeshCA
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.xds.proto.authorization_pb2 import Authorization
 from ambient_fast.xds.proto.citadel_grpc import (
     IstioCertificateServiceBase,

@@ -24,6 +24,7 @@ from waits import DEADLINE, wait_until
 
 from ambient_fast.cli import build_parser, main
 from ambient_fast.hbone import HboneClient, HboneRoute, TlsIdentity
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.ztunnel.app import Ztunnel
 from ambient_fast.ztunnel.config import PORTS, from_args
 
@@ -121,7 +122,7 @@ async def test_the_proxy_serves_drains_and_exits(tmp_path: Path) -> None:
         assert (cert["identity"], cert["state"]) == (LOCAL_ID, "Available")
 
         assert app.self_signed is not None
-        ca = app.self_signed.ca
+        ca = MeshCA.load(app.self_signed.roots_pem, app.self_signed.key_pem)
         issued = ca.issue(CLIENT_ID)
         async with echo_backend(LOCAL_IP) as (_, echo_port):
             route = HboneRoute(

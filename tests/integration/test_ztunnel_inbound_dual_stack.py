@@ -26,7 +26,7 @@ from test_ztunnel_inbound_listeners import (
 from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import HboneClient, HboneRoute
-from ambient_fast.identity import MeshCA
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.identity.issuer import SelfSignedCa
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.metrics import Metrics
@@ -43,7 +43,7 @@ async def test_an_ipv4_client_on_a_dual_stack_listener_reaches_the_pod() -> None
     apply(store, pod("client", CLIENT_IP), pod("echo", ECHO_IP))
     async with contextlib.AsyncExitStack() as cleanup:
         manager = await cleanup.enter_async_context(
-            CertificateManager(SelfSignedCa(ca), ca.root_pem)
+            CertificateManager(SelfSignedCa.from_pem(ca.root_pem, ca.key_pem), ca.root_pem)
         )
         backend = await cleanup.enter_async_context(echo_backend(ECHO_IP))
         server = InboundServer(

@@ -22,7 +22,7 @@ from waits import DEADLINE, wait_until
 
 from ambient_fast.hbone import HboneClient, HboneRejected, HboneRoute, TlsIdentity
 from ambient_fast.hbone.client import PumpResult
-from ambient_fast.identity import MeshCA
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.identity.issuer import SelfSignedCa
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.metrics import Metrics
@@ -262,7 +262,7 @@ async def node() -> AsyncIterator[Node]:
         cleanup.callback(access_logger.setLevel, old_level)
         cleanup.callback(access_logger.removeHandler, access)
         manager = await cleanup.enter_async_context(
-            CertificateManager(SelfSignedCa(ca), ca.root_pem)
+            CertificateManager(SelfSignedCa.from_pem(ca.root_pem, ca.key_pem), ca.root_pem)
         )
         backend = await cleanup.enter_async_context(echo_backend(ECHO_IP))
         store = StateStore()

@@ -39,7 +39,7 @@ from ambient_fast.hbone import (
     Reject,
     ServerCertificates,
 )
-from ambient_fast.identity import MeshCA
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.identity.issuer import SelfSignedCa
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.metrics import ConnectionMetrics
@@ -250,7 +250,9 @@ async def node(rng: random.Random | None = None) -> AsyncIterator[Node]:
     )
     assert not applied.rejected, applied.rejected
     async with contextlib.AsyncExitStack() as stack:
-        certificates = CertificateManager(SelfSignedCa(ca), ca.root_pem)
+        certificates = CertificateManager(
+            SelfSignedCa.from_pem(ca.root_pem, ca.key_pem), ca.root_pem
+        )
         stack.push_async_callback(certificates.aclose)
         hbone = HboneClient()
         stack.callback(hbone.close)

@@ -24,7 +24,11 @@ PODS = [
 
 
 def namespaces() -> set[str]:
-    return set(os.listdir(netns.NETNS_RUN_DIR)) if os.path.isdir(netns.NETNS_RUN_DIR) else set()
+    """This process's topology namespaces (others, such as a perf run's, come and go)."""
+    if not os.path.isdir(netns.NETNS_RUN_DIR):
+        return set()
+    ours = f"{NETNS_PREFIX}{os.getpid()}-"
+    return {name for name in os.listdir(netns.NETNS_RUN_DIR) if name.startswith(ours)}
 
 
 def connect(topology: Topology, source: str, target: str, ip: str) -> str:

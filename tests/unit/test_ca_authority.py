@@ -14,8 +14,8 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from ambient_fast.controlplane.ca import Authority, AuthorityError, ValidityBounds
-from ambient_fast.identity import Identity, MeshCA
-from ambient_fast.identity.ca import CAPrivateKey
+from ambient_fast.identity import Identity
+from ambient_fast.identity.ca import CAPrivateKey, MeshCA
 
 SLEEP = Identity.of("default", "sleep")
 HOUR = datetime.timedelta(hours=1)

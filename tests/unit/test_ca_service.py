@@ -22,7 +22,8 @@ from ambient_fast.controlplane.ca import (
     ValidityBounds,
     node_proxy_identity,
 )
-from ambient_fast.identity import Identity, MeshCA
+from ambient_fast.identity import Identity
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.xds.proto.citadel_pb2 import IstioCertificateRequest
 
 SLEEP = Identity.of("default", "sleep")

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from test_ca_authority import intermediate
 
 from ambient_fast.controlplane.ca import Authority
-from ambient_fast.identity import Identity, MeshCA
+from ambient_fast.identity import Identity
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.identity.manager import CertificateManager, CertificateUnavailable
 from ambient_fast.metrics.server import parse_request_head
 from ambient_fast.state import StateStore

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ambient_fast import _native
-from ambient_fast.identity import Identity, InvalidIdentity, MeshCA
-from ambient_fast.identity.ca import DEFAULT_WORKLOAD_TTL
+from ambient_fast.identity import Identity, InvalidIdentity
+from ambient_fast.identity.ca import DEFAULT_WORKLOAD_TTL, MeshCA
 
 SLEEP = "spiffe://cluster.local/ns/default/sa/sleep"
 

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpclib.const import Status
 
-from ambient_fast.identity import Identity, MeshCA
+from ambient_fast.identity import Identity
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.identity.certificate import VerifiedCertificate
 from ambient_fast.identity.issuer import CaRefused, CaUnavailable
 from ambient_fast.identity.manager import (

@@ -10,7 +10,8 @@ import pytest
 from cryptography import x509
 from grpclib.const import Status
 
-from ambient_fast.identity import Identity, MeshCA
+from ambient_fast.identity import Identity
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.identity.ca_client import CaClient, TokenFile, parse_ca_address
 from ambient_fast.identity.csr import new_csr
 from ambient_fast.identity.files import write_demo_certificates
@@ -23,7 +24,7 @@ HTTPBIN = Identity.of("apps", "httpbin")
 
 
 async def test_standalone_node_proxy_gets_certificates_without_a_control_plane() -> None:
-    ca = SelfSignedCa(MeshCA.create())
+    ca = SelfSignedCa.create("cluster.local")
     async with CertificateManager(ca, ca.roots_pem) as manager:
         cert = await manager.certificate(SLEEP)
     assert cert.tls_identity.spiffe_id == str(SLEEP)
@@ -32,7 +33,7 @@ async def test_standalone_node_proxy_gets_certificates_without_a_control_plane()
 
 
 async def test_self_signed_ca_signs_only_what_the_csr_asks_for() -> None:
-    ca = SelfSignedCa(MeshCA.create())
+    ca = SelfSignedCa.create("cluster.local")
     with pytest.raises(CaRefused) as caught:
         await ca.create_certificate(SLEEP, new_csr(HTTPBIN).csr_pem)
     assert caught.value.status is Status.INVALID_ARGUMENT

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ambient_fast.identity import MeshCA
+from ambient_fast.identity.ca import MeshCA
 from ambient_fast.ztunnel import ConfigError, ProxyMode, ZtunnelConfig
 from ambient_fast.ztunnel.app import Ztunnel
 from ambient_fast.ztunnel.config import LogFormat, WorkloadInfo, add_arguments, from_args

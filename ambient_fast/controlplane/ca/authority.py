@@ -22,7 +22,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ambient_fast.identity.ca import DEFAULT_WORKLOAD_TTL, CAPrivateKey, MeshCA, SubjectPublicKey
+from ambient_fast.identity.ca import CAPrivateKey, MeshCA, SubjectPublicKey
+from ambient_fast.identity.lifetimes import DEFAULT_WORKLOAD_TTL
 from ambient_fast.identity.spiffe import DEFAULT_TRUST_DOMAIN, Identity
 
 log = logging.getLogger(__name__)
