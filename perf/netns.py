@@ -74,6 +74,10 @@ def pod_pair(client_ip: str = "10.98.0.1", server_ip: str = "10.98.0.2") -> Iter
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
+# istio-cni's chain; the port redirect uses it too, so `redirected_connections` counts either.
+REDIRECT_CHAIN = "ISTIO_OUTPUT"
+
+
 def outbound_redirect_rules(outbound_port: int) -> str:
     """The nat half of istio-cni's in-pod rules: the pod's TCP egress to the outbound port,
     except loopback and the proxy's own marked connections (reference 04)."""
@@ -85,6 +89,21 @@ def outbound_redirect_rules(outbound_port: int) -> str:
             "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT",
             f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark {PROXY_MARK:#x}/0xfff "
             f"-j REDIRECT --to-ports {outbound_port}",
+            "COMMIT",
+            "",
+        ]
+    )
+
+
+def port_redirect_rules(ip: str, port: int, to_port: int) -> str:
+    """Only the pod's TCP egress to `ip`:`port`, to local `to_port`: a proxy that marks
+    nothing can still dial onwards to another address or port."""
+    return "\n".join(
+        [
+            "*nat",
+            ":ISTIO_OUTPUT - [0:0]",
+            "-A OUTPUT -j ISTIO_OUTPUT",
+            f"-A ISTIO_OUTPUT -d {ip}/32 -p tcp --dport {port} -j REDIRECT --to-ports {to_port}",
             "COMMIT",
             "",
         ]
@@ -106,29 +125,42 @@ _INBOUND_RETURN_RULES = "\n".join(
 )
 
 
-def apply_outbound_redirect(namespace: str, outbound_port: int) -> None:
-    run("ip", "netns", "exec", namespace, "iptables-restore", "--noflush",
-        stdin=outbound_redirect_rules(outbound_port))  # fmt: skip
+def apply_rules(namespace: str, rules: str) -> None:
+    run("ip", "netns", "exec", namespace, "iptables-restore", "--noflush", stdin=rules)
 
 
-def remove_rules(namespace: str) -> None:
-    run("ip", "netns", "exec", namespace, "iptables", "-t", "nat", "-F")
-    run("ip", "netns", "exec", namespace, "iptables", "-t", "nat", "-X")
+def remove_rules(namespace: str, table: str = "nat") -> None:
+    # With iptables-nft an emptied table keeps no hook: the pod's traffic skips conntrack again.
+    run("ip", "netns", "exec", namespace, "iptables", "-t", table, "-F")
+    run("ip", "netns", "exec", namespace, "iptables", "-t", table, "-X")
 
 
-def apply_inbound_return_path(namespace: str) -> None:
-    run("ip", "-n", namespace, "rule", "add", "fwmark", f"{REDIRECTED_MARK:#x}/0xfff",
-        "pref", "32764", "lookup", str(LOCAL_ROUTE_TABLE))  # fmt: skip
-    run("ip", "-n", namespace, "route", "add", "local", "0.0.0.0/0", "dev", "lo",
-        "table", str(LOCAL_ROUTE_TABLE))  # fmt: skip
-    run("ip", "netns", "exec", namespace, "iptables-restore", "--noflush",
-        stdin=_INBOUND_RETURN_RULES)  # fmt: skip
+def _return_route(action: str) -> tuple[list[str], list[str]]:
+    return (
+        ["rule", action, "fwmark", f"{REDIRECTED_MARK:#x}/0xfff",
+         "pref", "32764", "lookup", str(LOCAL_ROUTE_TABLE)],
+        ["route", action, "local", "0.0.0.0/0", "dev", "lo", "table", str(LOCAL_ROUTE_TABLE)],
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def inbound_return_path(namespace: str) -> Iterator[None]:
+    """The return path below and its route, in place until exit."""
+    for argv in _return_route("add"):
+        run("ip", "-n", namespace, *argv)
+    apply_rules(namespace, _INBOUND_RETURN_RULES)
+    try:
+        yield
+    finally:
+        remove_rules(namespace, "mangle")
+        for argv in _return_route("del"):
+            run("ip", "-n", namespace, *argv)
 
 
 def redirected_connections(namespace: str) -> int:
     """Packets the REDIRECT rule matched (one per redirected connection: its SYN)."""
     listing = run("ip", "netns", "exec", namespace,
-                  "iptables", "-t", "nat", "-L", "ISTIO_OUTPUT", "-v", "-x", "-n")  # fmt: skip
+                  "iptables", "-t", "nat", "-L", REDIRECT_CHAIN, "-v", "-x", "-n")  # fmt: skip
     for line in listing.splitlines():
         if "REDIRECT" in line:
             return int(line.split()[0])
