@@ -14,6 +14,9 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from ambient_fast.mesh.process import MeshProcess, http_get, running_in, tcp_open
 from ambient_fast.topology import NodeSpec, PodSpec, Topology, build
@@ -113,10 +116,18 @@ class Cluster:
 
     def metrics(self, node: str) -> str:
         """The node's ztunnel's Prometheus text."""
+        return self._ztunnel_get(node, STATS_PORT, "/metrics")
+
+    def config_dump(self, node: str) -> dict[str, Any]:
+        """The node's ztunnel's /config_dump (what `istioctl ztunnel-config` reads)."""
+        dump: dict[str, Any] = orjson.loads(self._ztunnel_get(node, ADMIN_PORT, "/config_dump"))
+        return dump
+
+    def _ztunnel_get(self, node: str, port: int, path: str) -> str:
         netns = self.topology.nodes[node].netns
-        status, text = http_get(self.topology, netns, f"http://127.0.0.1:{STATS_PORT}/metrics")
+        status, text = http_get(self.topology, netns, f"http://127.0.0.1:{port}{path}")
         if status != 200:
-            raise OSError(f"metrics of {node}'s ztunnel: HTTP {status}")
+            raise OSError(f"{path} of {node}'s ztunnel: HTTP {status}")
         return text
 
 

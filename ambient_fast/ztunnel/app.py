@@ -42,6 +42,7 @@ from ambient_fast.ztunnel.config import (
     ZtunnelConfig,
     from_args,
 )
+from ambient_fast.ztunnel.config_dump import workload_state_entry
 from ambient_fast.ztunnel.proxy import ProxyContext, ProxySockets, WorkloadProxy
 from ambient_fast.ztunnel.sockets import (
     PROXY_MARK,
@@ -241,7 +242,9 @@ class Ztunnel:
             self._start_dedicated(context)
         self._stats = MetricsServer(self.metrics, self._bind, config.stats_port)
         await self._stats.start()
-        workload_state = self.pods.workload_state if self.pods is not None else None
+        workload_state = (
+            self.pods.workload_state if self.pods is not None else self._dedicated_state
+        )
         self._admin = HttpServer(
             AdminEndpoint(self.store, self.certificates, config, self.stop, workload_state),
             ADMIN_ADDRESS,
@@ -250,6 +253,15 @@ class Ztunnel:
         )
         await self._admin.start()
         self._listening = True
+
+    def _dedicated_state(self) -> dict[str, Any]:
+        """`workloadState` with the one workload this proxy serves, so `istioctl ztunnel-config
+        connections` lists its connections as it does in-pod mode's (keyed by its store uid)."""
+        info = self._info
+        if self._proxy is None or info is None:
+            return {}
+        key = min(self.local, default=f"{info.namespace}/{info.name}")
+        return {key: workload_state_entry("Up", info, self._proxy.connections())}
 
     def _start_dedicated(self, context: ProxyContext) -> None:
         config, bind = self.config, self._bind

@@ -199,9 +199,16 @@ def _workload_info(info: WorkloadInfo) -> dict[str, str]:
     return {"name": info.name, "namespace": info.namespace, "serviceAccount": info.service_account}
 
 
-def workload_state_entry(state: str, info: WorkloadInfo) -> dict[str, Any]:
-    """One pod of in-pod mode's `workloadState` (ztunnel's inpod ProxyState, no connections)."""
-    return {"state": state, "info": _workload_info(info)}
+def workload_state_entry(
+    state: str, info: WorkloadInfo, connections: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One pod of `workloadState` (ztunnel's inpod ProxyState): its state, its open connections
+    once it has a proxy (`WorkloadProxy.connections`) and who it is."""
+    entry: dict[str, Any] = {"state": state}
+    if connections is not None:
+        entry["connections"] = connections
+    entry["info"] = _workload_info(info)
+    return entry
 
 
 def _camel(name: str) -> str:

@@ -47,6 +47,7 @@ from ambient_fast.ztunnel.accesslog import (
     connection_failed,
     socket_address,
 )
+from ambient_fast.ztunnel.connections import ConnectionEntry, ConnectionProtocol
 from ambient_fast.ztunnel.inbound_decision import (
     Accepted,
     Rejected,
@@ -147,10 +148,11 @@ def record_refusal(
 
 class LiveConnections:
     """Open inbound connections by the task that serves them; a store change re-checks those it
-    can affect and cancels the ones policy now denies."""
+    can affect and cancels the ones policy now denies. `dump` lists them for /config_dump."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, protocol: ConnectionProtocol) -> None:
         self._store = store
+        self._protocol = protocol
         self._live: dict[asyncio.Task[Any], TrackedConnection] = {}
         self._unsubscribe = store.subscribe(self._on_change)
 
@@ -171,6 +173,17 @@ class LiveConnections:
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         return list(self._live)
+
+    def dump(self) -> list[dict[str, str | None]]:
+        return [
+            ConnectionEntry(
+                c.record.src_addr,
+                c.accepted.service.hostname if c.accepted.service is not None else None,
+                str(c.accepted.target),
+                self._protocol,
+            ).dump()
+            for c in self._live.values()
+        ]
 
     def pop(self, task: asyncio.Task[Any] | None) -> TrackedConnection | None:
         return self._live.pop(task, None) if task is not None else None
@@ -292,7 +305,7 @@ class InboundServer:
         self._network = network
         self._proxy_ports = proxy_ports
         self.certificates = ServedCertificates(store, certificates, local)
-        self.live = LiveConnections(store)
+        self.live = LiveConnections(store, ConnectionProtocol.HBONE)
         self._server = HboneServer(
             listener, self.certificates.native, self._handle, self._on_result, settings
         )

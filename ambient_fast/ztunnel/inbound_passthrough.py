@@ -25,6 +25,7 @@ from ambient_fast.ztunnel.accesslog import (
     connection_failed,
     socket_address,
 )
+from ambient_fast.ztunnel.connections import ConnectionProtocol
 from ambient_fast.ztunnel.inbound import (
     LiveConnections,
     TrackedConnection,
@@ -64,7 +65,7 @@ class InboundPlaintextServer:
         self._network = network
         self._proxy_ports = proxy_ports
         self.address: tuple[str, int] = listener.getsockname()[:2]
-        self.live = LiveConnections(store)
+        self.live = LiveConnections(store, ConnectionProtocol.TCP)
         self._connections: set[asyncio.Task[None]] = set()
         self._accepting: asyncio.Task[None] | None = None
 

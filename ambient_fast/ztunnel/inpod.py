@@ -147,9 +147,14 @@ class InPodProxies:
         self._unsubscribe()
 
     def workload_state(self) -> dict[str, Any]:
-        """ztunnel's `workloadState` of /config_dump: uid -> state and workload info."""
+        """ztunnel's `workloadState` of /config_dump: uid -> state, connections, workload info."""
         dump = {uid: workload_state_entry("Pending", i) for uid, i in self._starting.items()}
-        dump.update({uid: workload_state_entry("Up", pod.info) for uid, pod in self._pods.items()})
+        dump.update(
+            {
+                uid: workload_state_entry("Up", pod.info, pod.proxy.connections())
+                for uid, pod in self._pods.items()
+            }
+        )
         return dump
 
     # -- the pod's workloads in the store ---------------------------------------------------

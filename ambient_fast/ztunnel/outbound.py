@@ -33,6 +33,7 @@ from ambient_fast.splice import RelayError, SpliceRelay
 from ambient_fast.state import StateStore, Workload
 from ambient_fast.state.model import DEFAULT_HBONE_PORT, IpAddress
 from ambient_fast.ztunnel.accesslog import AccessLog, ConnectionLog, connection_failed
+from ambient_fast.ztunnel.connections import ConnectionEntry, ConnectionProtocol, OpenConnections
 from ambient_fast.ztunnel.routing import (
     PROXY_PORTS,
     OutboundRoute,
@@ -124,6 +125,7 @@ class OutboundProxy:
         self._connections: set[asyncio.Task[None]] = set()
         self._accepting: asyncio.Task[None] | None = None
         self._draining = False
+        self.open = OpenConnections()  # for /config_dump
 
     @property
     def listening(self) -> bool:
@@ -268,6 +270,12 @@ class OutboundProxy:
         )
         conn = self._metrics.open(labels)
         self._access_log.emit(entry.opened())
+        protocol = ConnectionProtocol.HBONE if route.tunnelled else ConnectionProtocol.TCP
+        key = object()
+        tracked = ConnectionEntry(
+            str(client), str(route.original_destination), str(route.dial), protocol
+        )
+        self.open.add(key, tracked)
         to_upstream = to_downstream = 0
         error: str | None = None
         flag = ResponseFlag.NONE
@@ -292,6 +300,7 @@ class OutboundProxy:
             error = "drained"
             raise
         finally:
+            self.open.remove(key)
             self._metrics.close(
                 conn, to_upstream=to_upstream, to_downstream=to_downstream, flag=flag
             )

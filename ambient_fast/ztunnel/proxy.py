@@ -114,6 +114,13 @@ class WorkloadProxy:
         self._serving: asyncio.Task[None] | None = None
         self._drained = False
 
+    def connections(self) -> dict[str, list[dict[str, str | None]]]:
+        """ztunnel's connection manager dump: open inbound (15008 and 15006) and outbound."""
+        return {
+            "inbound": self.inbound.live.dump() + self.plaintext.live.dump(),
+            "outbound": self.outbound.open.dump(),
+        }
+
     def start(self) -> None:
         self.inbound.start()
         self.plaintext.start()

@@ -139,6 +139,14 @@ async def test_the_proxy_serves_drains_and_exits(tmp_path: Path) -> None:
                     payload = os.urandom(64 * 1024)
                     await sendall(app_side, payload)
                     assert await recv_exactly(app_side, len(payload)) == payload
+                    # Open, it is in the dump istioctl's connections view reads.
+                    dump = json.loads((await http(config.admin_port, "GET", "/config_dump"))[1])
+                    [state] = dump["workloadState"].values()
+                    assert state["info"]["name"] == "local"
+                    assert state["connections"]["inbound"] == [
+                        {"src": state["connections"]["inbound"][0]["src"], "originalDst": None,
+                         "actualDst": f"{LOCAL_IP}:{echo_port}", "protocol": "HBONE"}
+                    ]  # fmt: skip
                     app_side.shutdown(socket.SHUT_WR)
                     assert await recv_to_eof(app_side) == b""
                     await asyncio.wait_for(pumping, DEADLINE)

@@ -176,6 +176,39 @@ def test_access_log_names_both_ends(mesh: Mesh) -> None:
     mesh.ztunnels["node-b"].wait_for("an inbound access log line", logged)
 
 
+# -- istioctl ztunnel-config connections ------------------------------------------------------
+
+
+def pod_connections(mesh: Mesh, node: str, pod: str) -> dict[str, list[dict[str, str | None]]]:
+    """The pod's `connections` in its node's /config_dump `workloadState`."""
+    states = mesh.config_dump(node)["workloadState"].values()
+    [state] = [s for s in states if s["info"]["name"] == pod]
+    assert state["state"] == "Up"
+    connections: dict[str, list[dict[str, str | None]]] = state["connections"]
+    return connections
+
+
+def test_config_dump_lists_open_connections_on_both_nodes(mesh: Mesh) -> None:
+    server = PODS["server"].ip
+    held = dial(mesh.topology, "client", ECHO_VIP, 80)
+    with held:
+        assert exchange(held).hostname == "server"
+        src = "{}:{}".format(*held.getsockname())
+        outbound = pod_connections(mesh, "node-a", "client")["outbound"]
+        assert {"src": src, "originalDst": f"{ECHO_VIP}:80", "actualDst": f"{server}:15008",
+                "protocol": "HBONE"} in outbound  # fmt: skip
+        [inbound] = [
+            c for c in pod_connections(mesh, "node-b", "server")["inbound"]
+            if c["actualDst"] == f"{server}:{ECHO_PORT}"
+        ]  # fmt: skip
+        assert inbound["protocol"] == "HBONE" and inbound["originalDst"] is None
+        assert str(inbound["src"]).startswith(f"{PODS['client'].ip}:")
+    mesh.ztunnels["node-a"].wait_for(
+        "the closed connection to leave the dump",
+        lambda: all(c["src"] != src for c in pod_connections(mesh, "node-a", "client")["outbound"]),
+    )
+
+
 # -- policy ---------------------------------------------------------------------------------
 
 ALLOW_CLIENT_ONLY = """\

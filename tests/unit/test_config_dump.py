@@ -36,6 +36,7 @@ from ambient_fast.state.local_format import parse_local_config
 from ambient_fast.ztunnel.admin import AdminEndpoint
 from ambient_fast.ztunnel.config import ProxyMode, WorkloadInfo, ZtunnelConfig
 from ambient_fast.ztunnel.config_dump import workload_state_entry
+from ambient_fast.ztunnel.connections import ConnectionEntry, ConnectionProtocol
 
 # -- Go's encoding/json, for the types api.go uses -------------------------------------------
 
@@ -242,6 +243,33 @@ def service_summary(dump: dict[str, Any]) -> list[list[str]]:
         )
         waypoint = _waypoint_name(s.get("waypoint"), dump["services"])
         rows.append([s["namespace"], s["name"], ips, waypoint, f"{healthy}/{len(endpoints)}"])
+    return rows
+
+
+def connections_summary(dump: dict[str, Any]) -> list[list[str]]:
+    """connections.go PrintConnectionsSummary (no filter, names looked up)."""
+    names = {s["vips"][0].partition("/")[2]: s["hostname"] for s in dump["services"] if s["vips"]}
+    for w in dump["workloads"]:
+        if w["workloadIps"]:
+            names[w["workloadIps"][0]] = f"{w['name']}.{w['namespace']}"
+
+    def lookup(address: str) -> str:
+        ip, _, port = address.rpartition(":")
+        return f"{names[ip]}:{port}" if ip in names else address
+
+    rows = [["WORKLOAD", "DIRECTION", "LOCAL", "REMOTE", "REMOTE TARGET", "PROTOCOL"]]
+    states = sorted(
+        dump["workloadState"].values(), key=lambda s: (s["info"]["namespace"], s["info"]["name"])
+    )
+    for state in states:
+        name = f"{state['info']['name']}.{state['info']['namespace']}"
+        connections = state.get("connections") or {}
+        for c in connections.get("inbound") or []:
+            rows.append([name, "Inbound", lookup(c["actualDst"]), lookup(c["src"]),
+                         c["originalDst"] or "", c["protocol"]])  # fmt: skip
+        for c in connections.get("outbound") or []:
+            rows.append([name, "Outbound", lookup(c["src"]), lookup(c["actualDst"]),
+                         lookup(c["originalDst"]), c["protocol"]])  # fmt: skip
     return rows
 
 
@@ -463,10 +491,15 @@ async def manager() -> AsyncIterator[CertificateManager]:
         yield manager
 
 
-def fetch_dump(store: StateStore, manager: CertificateManager) -> dict[str, Any]:
+def fetch_dump(
+    store: StateStore,
+    manager: CertificateManager,
+    details_connections: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """GET /config_dump from the admin endpoint, decoded as istioctl decodes it."""
+    details = WorkloadInfo("bookinfo", "details-v1-698d88b-dqrbr", "bookinfo-details")
     pods = {
-        "uid-details": workload_state_entry("Up", WorkloadInfo("bookinfo", "details", "details")),
+        "uid-details": workload_state_entry("Up", details, details_connections),
         "uid-sleep": workload_state_entry("Pending", WorkloadInfo("default", "sleep", "sleep")),
     }
     config = ZtunnelConfig(
@@ -530,6 +563,28 @@ async def test_summaries_match_istioctl_goldens(
         "state": "Pending",
         "info": {"name": "sleep", "namespace": "default", "serviceAccount": "sleep"},
     }
+
+
+async def test_connections_of_a_pod_read_as_istioctl_lists_them(
+    store: StateStore, manager: CertificateManager
+) -> None:
+    sleep, details, reviews = "10.244.2.58", "10.244.2.51", "10.244.1.37"
+    inbound = ConnectionEntry(f"{sleep}:41234", None, f"{details}:9080", ConnectionProtocol.HBONE)
+    outbound = ConnectionEntry(
+        f"{details}:50000", "10.96.74.131:9080", f"{reviews}:15008", ConnectionProtocol.HBONE
+    )
+    dump = fetch_dump(store, manager, {"inbound": [inbound.dump()], "outbound": [outbound.dump()]})
+    assert dump["workloadState"]["uid-details"]["connections"]["inbound"] == [
+        {"src": f"{sleep}:41234", "originalDst": None, "actualDst": f"{details}:9080",
+         "protocol": "HBONE"}
+    ]  # fmt: skip
+    pod = "details-v1-698d88b-dqrbr.bookinfo"
+    assert connections_summary(dump) == [
+        ["WORKLOAD", "DIRECTION", "LOCAL", "REMOTE", "REMOTE TARGET", "PROTOCOL"],
+        [pod, "Inbound", f"{pod}:9080", "sleep-7656cf8794-lxcmx.default:41234", "", "HBONE"],
+        [pod, "Outbound", f"{pod}:50000", "reviews-v1-5b5d6494f4-qwjv4.bookinfo:15008",
+         "reviews.bookinfo.svc.cluster.local:9080", "HBONE"],
+    ]  # fmt: skip
 
 
 async def test_certificate_summary_lists_leaf_intermediate_root_and_states(
