@@ -59,6 +59,7 @@ from perf.ztunnel_report import (
 )
 from perf.ztunnels import RunningZtunnel, connections_opened, cpu_seconds, rss_mib, ztunnel_pair
 
+CHECKOUT = Path(__file__).resolve().parents[1]  # holds perf/
 # Fixed ports: each pod is a fresh namespace, nothing else listens there.
 IPERF3_PORT = 5201
 SOCKPERF_PORT = 11111
@@ -116,7 +117,8 @@ def backend(ws: Workspace, pods: PodPair, kind: str) -> Iterator[int]:
         "echo": ([sys.executable, "-m", "perf.tcp_echo", str(ECHO_PORT)], ECHO_PORT),
     }[kind]  # fmt: skip
     wrapped = pods.exec_argv(pods.server_ns, argv)
-    with running(f"{kind}-server", wrapped, ws.directory, port, cwd=ws.package_root):
+    # From the checkout: `perf.tcp_echo` is not in an installed wheel's package root.
+    with running(f"{kind}-server", wrapped, ws.directory, port, cwd=CHECKOUT):
         yield port
 
 
