@@ -12,7 +12,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ambient_fast import _native
 from ambient_fast.identity import Identity, InvalidIdentity
-from ambient_fast.identity.ca import DEFAULT_WORKLOAD_TTL, MeshCA
+from ambient_fast.identity.ca import MeshCA
+from ambient_fast.identity.lifetimes import DEFAULT_WORKLOAD_TTL
 
 SLEEP = "spiffe://cluster.local/ns/default/sa/sleep"
 

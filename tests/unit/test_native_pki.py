@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from ambient_fast import _native
 from ambient_fast.identity import Identity
@@ -51,7 +51,7 @@ def test_local_ca_leaves_have_the_control_plane_profile() -> None:
         assert ours.extensions.get_extension_for_class(ext).value == (
             theirs.extensions.get_extension_for_class(ext).value
         )
-    aki = ours.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_KEY_IDENTIFIER).value
+    aki = ours.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ski = mesh_ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == ski.digest
     assert ours.issuer == mesh_ca.cert.subject and ours.subject == x509.Name([])
