@@ -8,11 +8,9 @@ under /run/netns, or /proc/<pid>/ns/net).
 
 from __future__ import annotations
 
-import subprocess
-
 from ambient_fast.cni.rules import LOCAL_ROUTE_TABLE, PolicyRoute
+from ambient_fast.commands import run_command
 
-COMMAND_TIMEOUT_S = 10.0
 _ROUTE = PolicyRoute()
 _LOOKUP = f"lookup {LOCAL_ROUTE_TABLE}"
 
@@ -22,18 +20,10 @@ class CaptureError(RuntimeError):
 
 
 def run_in(netns_path: str, *argv: str, stdin: str | None = None, check: bool = True) -> str:
-    command = ["nsenter", f"--net={netns_path}", *argv]
-    try:
-        done = subprocess.run(
-            command, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-            check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CaptureError(f"{netns_path}: {' '.join(argv[:2])}: {e}") from e
-    if check and done.returncode != 0:
-        detail = (done.stderr.strip().splitlines() or [""])[-1]
-        raise CaptureError(f"{netns_path}: {' '.join(argv[:2])} exit {done.returncode}: {detail}")
-    return done.stdout
+    return run_command(
+        ["nsenter", f"--net={netns_path}", *argv], stdin=stdin, check=check,
+        error=CaptureError, label=f"{netns_path}: {' '.join(argv[:2])}",
+    )  # fmt: skip
 
 
 def add(netns_path: str) -> None:

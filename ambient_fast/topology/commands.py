@@ -1,11 +1,10 @@
-"""Running `ip`, `sysctl` and iptables for the topology: one place that turns a failed
-command into an error naming it."""
+"""Running `ip`, `sysctl` and iptables for the topology, failures as `TopologyError`."""
 
 from __future__ import annotations
 
 import subprocess
 
-COMMAND_TIMEOUT_S = 10.0
+from ambient_fast.commands import run_command
 
 
 class TopologyError(RuntimeError):
@@ -13,17 +12,7 @@ class TopologyError(RuntimeError):
 
 
 def run(*argv: str, stdin: str | None = None) -> str:
-    try:
-        done = subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-            check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise TopologyError(f"{' '.join(argv)}: {e}") from e
-    if done.returncode != 0:
-        detail = done.stderr.strip().splitlines()[-1:] or [""]
-        raise TopologyError(f"{' '.join(argv)}: exit {done.returncode}: {detail[0]}")
-    return done.stdout
+    return run_command(argv, stdin=stdin, error=TopologyError)
 
 
 def in_netns(namespace: str, *argv: str, stdin: str | None = None) -> str:
