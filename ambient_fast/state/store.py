@@ -235,6 +235,12 @@ class StateStore:
             found = by_port[port] = self._compute_endpoints(service, port)
         return found
 
+    def service_workloads(self, service: Service) -> list[Workload]:
+        """The workloads behind `service` whatever the port: healthy ones, and unhealthy ones
+        too when its health policy is ALLOW_ALL (a headless service's DNS answer)."""
+        members = self._workloads.members(service.key).values()
+        return [w for w in members if w.healthy or service.accepts_unhealthy]
+
     def _compute_endpoints(self, service: Service, port: int) -> tuple[Endpoint, ...]:
         service_port = service.ports.get(port)
         fallback = service_port.target_port if service_port is not None else 0
