@@ -233,12 +233,11 @@ async def test_pods_get_listeners_in_their_netns_and_lose_them_on_del_and_reconc
             assert not await connects(topology, echo_ns, HBONE)  # only where it was added
             status, body = await http_get(config.admin_port, "/config_dump")
             assert status == 200
-            assert json.loads(body)["workloadState"] == {
-                "uid-sleep": {
-                    "state": "Up",
-                    "info": {"name": "sleep", "namespace": "apps", "serviceAccount": "sleep"},
-                }
-            }
+            [(uid, pod)] = json.loads(body)["workloadState"].items()
+            assert (uid, pod["state"], pod["info"]) == (
+                "uid-sleep", "Up", {"name": "sleep", "namespace": "apps", "serviceAccount": "sleep"}
+            )  # fmt: skip
+            assert set(pod["connections"]) == {"inbound", "outbound"}  # the probes' may be open
             metrics = (await http_get(config.stats_port, "/metrics"))[1]
             assert "workload_manager_active_proxy_count 1" in metrics
 
