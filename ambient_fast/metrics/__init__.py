@@ -2,9 +2,11 @@
 
 `Metrics` is the registry (its own prometheus-client CollectorRegistry); `ConnectionLabels.build`
 fills the istio_tcp_* label set; `ConnectionMetrics` counts opens, closes and bytes (at close);
-`MetricsServer` serves /metrics and /stats/prometheus on :15020.
+`DnsMetrics` counts the DNS proxy's queries; `MetricsServer` serves /metrics and
+/stats/prometheus on :15020.
 """
 
+from ambient_fast.metrics.dns import DnsMetrics
 from ambient_fast.metrics.labels import (
     LABEL_NAMES,
     UNKNOWN,
@@ -29,6 +31,7 @@ __all__ = [
     "UNKNOWN",
     "ConnectionLabels",
     "ConnectionMetrics",
+    "DnsMetrics",
     "Metrics",
     "MetricsServer",
     "OpenConnection",

@@ -8,10 +8,17 @@ cells it needs for a connection, so counting is an integer addition.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 
@@ -93,10 +100,75 @@ class Family:
         return metric
 
 
+class HistogramSeries:
+    """One histogram series: a count per bucket (not cumulative), the sum and the count."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * (buckets + 1)  # the last one is +Inf's own
+        self.sum = 0.0
+
+
+class HistogramFamily:
+    """A histogram per label set, with fixed upper bounds (`le`); `unit` as in `Family`."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        unit: str = "",
+    ) -> None:
+        self.name = name
+        self.documentation = documentation + "."
+        self.labelnames = tuple(labelnames)
+        self.buckets = tuple(sorted(buckets))
+        self.unit = unit
+        self._series: dict[tuple[str, ...], HistogramSeries] = {}
+
+    def observe(self, labelvalues: tuple[str, ...], value: float) -> None:
+        series = self._series.get(labelvalues)
+        if series is None:
+            if len(labelvalues) != len(self.labelnames):
+                raise ValueError(
+                    f"{self.name}: {len(labelvalues)} label values for labels {self.labelnames}"
+                )
+            series = self._series[labelvalues] = HistogramSeries(len(self.buckets))
+        series.counts[bisect.bisect_left(self.buckets, value)] += 1
+        series.sum += value
+
+    def count(self, labelvalues: tuple[str, ...]) -> int:
+        series = self._series.get(labelvalues)
+        return 0 if series is None else sum(series.counts)
+
+    def to_metric(self) -> Metric:
+        metric = HistogramMetricFamily(
+            self.name, self.documentation, labels=self.labelnames, unit=self.unit
+        )
+        bounds = [*(_bound(b) for b in self.buckets), "+Inf"]
+        for labelvalues, series in list(self._series.items()):
+            cumulative, total = [], 0
+            for bound, count in zip(bounds, list(series.counts), strict=True):
+                total += count
+                cumulative.append((bound, float(total)))
+            metric.add_metric(labelvalues, cumulative, series.sum)
+        return metric
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
+
+
+class Exported(Protocol):
+    def to_metric(self) -> Metric: ...
+
+
 class FamilyCollector(Collector):
     """Exposes a fixed list of families through a prometheus_client CollectorRegistry."""
 
-    def __init__(self, families: Iterable[Family]) -> None:
+    def __init__(self, families: Iterable[Exported]) -> None:
         self._families = tuple(families)
 
     def collect(self) -> Iterator[Metric]:

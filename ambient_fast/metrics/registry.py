@@ -9,6 +9,8 @@ src/inpod/metrics.rs, src/metrics/process.rs):
   istio_tcp_received_bytes_total                 (labels: `labels.LABEL_NAMES`)
   workload_manager_active_proxy_count, _pending_proxy_count (gauges),
   workload_manager_proxies_started_total, _proxies_stopped_total   (in-pod mode only)
+  istio_dns_requests_total, istio_dns_upstream_requests_total, istio_dns_upstream_failures_total,
+  istio_dns_upstream_request_duration_seconds      (with the DNS proxy; `metrics/dns.py`)
   process_open_fds, process_max_fds (+ prometheus-client's other process_* series)
 """
 
@@ -21,7 +23,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from ambient_fast import __version__
-from ambient_fast.metrics.families import Family, FamilyCollector, Kind
+from ambient_fast.metrics.dns import DnsMetrics
+from ambient_fast.metrics.families import Exported, Family, FamilyCollector, Kind
 from ambient_fast.metrics.traffic import ConnectionMetrics
 
 
@@ -111,7 +114,12 @@ class Metrics:
     so several proxies or tests in one process do not share counters)."""
 
     def __init__(
-        self, *, tag: str = __version__, in_pod: bool = False, process: bool = True
+        self,
+        *,
+        tag: str = __version__,
+        in_pod: bool = False,
+        dns: bool = False,
+        process: bool = True,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         # ztunnel's tag is the Istio version it was built for; ours is our own version.
@@ -122,9 +130,13 @@ class Metrics:
         self.xds = XdsMetrics()
         self.connections = ConnectionMetrics()
         self.workload_manager = WorkloadManagerMetrics() if in_pod else None
-        families = [self.build, *self.xds.families, *self.connections.families]
+        # As ztunnel: the DNS families exist only when its DNS proxy runs.
+        self.dns = DnsMetrics() if dns else None
+        families: list[Exported] = [self.build, *self.xds.families, *self.connections.families]
         if self.workload_manager is not None:
             families.extend(self.workload_manager.families)
+        if self.dns is not None:
+            families.extend(self.dns.families)
         self.registry.register(FamilyCollector(families))
         if process:
             ProcessCollector(registry=self.registry)

@@ -2,8 +2,9 @@
 
 `Ztunnel` wires the state (xDS client, or LOCAL_XDS_PATH / LOCAL_XDS), the certificate manager
 (CA_ADDRESS, or FAKE_CA's self-signed root), the proxies' three listeners (outbound 15001,
-inbound HBONE 15008, inbound plaintext 15006), metrics on 15020, admin on localhost:15000 and
-readiness on 15021. PROXY_MODE=dedicated: one proxy on the node's sockets for
+inbound HBONE 15008, inbound plaintext 15006) and DNS proxy (localhost:15053 unless
+ISTIO_META_DNS_CAPTURE=false), metrics on 15020, admin on localhost:15000 and readiness on
+15021. PROXY_MODE=dedicated: one proxy on the node's sockets for
 PROXY_WORKLOAD_INFO; ready = config received, listeners up, the workload's certificate in hand.
 PROXY_MODE=shared (Istio's default): a proxy per pod the CNI node agent hands over on INPOD_UDS,
 inside the pod's netns (`inpod.py`); ready = config received and the agent's snapshot in, as
@@ -24,6 +25,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ambient_fast._native import HbonePool
@@ -43,7 +45,14 @@ from ambient_fast.ztunnel.config import (
     from_args,
 )
 from ambient_fast.ztunnel.config_dump import workload_state_entry
-from ambient_fast.ztunnel.proxy import ProxyContext, ProxySockets, WorkloadProxy
+from ambient_fast.ztunnel.dns.forwarder import DEFAULT_RESOLV_CONF, ResolvConf
+from ambient_fast.ztunnel.dns.resolver import (
+    DnsResolver,
+    kubernetes_search_domains,
+    static_search_domains,
+)
+from ambient_fast.ztunnel.dns.server import open_dns_sockets
+from ambient_fast.ztunnel.proxy import DnsContext, ProxyContext, ProxySockets, WorkloadProxy
 from ambient_fast.ztunnel.sockets import (
     PROXY_MARK,
     UpstreamDialer,
@@ -93,11 +102,19 @@ def _pool_mark() -> int | None:
 
 class Ztunnel:
     """One node proxy. `bind` replaces "every address" for the node's listeners (tests bind
-    loopback); the admin endpoint is always on localhost."""
+    loopback); the admin endpoint and the DNS proxy are always on localhost. `resolv_conf` is
+    where the DNS proxy finds its upstreams (tests write their own)."""
 
-    def __init__(self, config: ZtunnelConfig, *, bind: str | None = None) -> None:
+    def __init__(
+        self,
+        config: ZtunnelConfig,
+        *,
+        bind: str | None = None,
+        resolv_conf: Path = DEFAULT_RESOLV_CONF,
+    ) -> None:
         self.config = config
         self._bind = bind
+        self._resolv_conf = resolv_conf
         self.shared = config.proxy_mode is ProxyMode.SHARED
         self._info = config.proxy_workload_info  # dedicated: validate() demands it
         self.store = StateStore()
@@ -108,7 +125,7 @@ class Ztunnel:
         self.self_signed: SelfSignedCa | None = None
         issuer, roots = self._issuer()
         self.certificates = CertificateManager(issuer, roots)
-        self.metrics = Metrics(in_pod=self.shared)
+        self.metrics = Metrics(in_pod=self.shared, dns=config.dns_proxy)
         self.access_log = AccessLog()
         self._ports = frozenset(
             {config.outbound_port, config.inbound_port, config.inbound_plaintext_port}
@@ -225,6 +242,7 @@ class Ztunnel:
             readiness(self.ready), self._bind, config.readiness_port, "readiness"
         )
         await self._readiness.start()
+        dns = self._dns_context()  # a resolv.conf without nameservers stops us here
         self._start_config()
         self._relay = SpliceRelay()
         context = ProxyContext(
@@ -235,11 +253,12 @@ class Ztunnel:
             self._relay,
             config.network,
             self._ports,
+            dns,
         )
         if self.shared:
             await self._start_shared(context)
         else:
-            self._start_dedicated(context)
+            await self._start_dedicated(context)
         self._stats = MetricsServer(self.metrics, self._bind, config.stats_port)
         await self._stats.start()
         workload_state = (
@@ -263,12 +282,36 @@ class Ztunnel:
         key = min(self.local, default=f"{info.namespace}/{info.name}")
         return {key: workload_state_entry("Up", info, self._proxy.connections())}
 
-    def _start_dedicated(self, context: ProxyContext) -> None:
+    def _dns_context(self) -> DnsContext | None:
+        config = self.config
+        if not config.dns_proxy:
+            return None
+        upstream = ResolvConf.load(self._resolv_conf)
+        # Shared mode: each pod's Kubernetes search list; dedicated: our own resolv.conf's
+        # (ztunnel's SystemForwarder).
+        search = (
+            kubernetes_search_domains(config.cluster_domain)
+            if self.shared
+            else static_search_domains(upstream.search)
+        )
+        resolver = DnsResolver(
+            self.store, cluster_domain=config.cluster_domain, search_domains=search
+        )
+        log.info(
+            "ztunnel: DNS proxy on localhost:%d, upstream %s (%s)",
+            config.dns_port,
+            ", ".join(upstream.nameservers),
+            self._resolv_conf,
+        )
+        return DnsContext(resolver, upstream, config.dns_port)
+
+    async def _start_dedicated(self, context: ProxyContext) -> None:
         config, bind = self.config, self._bind
         opened: list[socket.socket] = []
         try:
             for port in (config.outbound_port, config.inbound_port, config.inbound_plaintext_port):
                 opened.append(listening_socket_everywhere(port, bind))
+            dns = open_dns_sockets(config.dns_port) if context.dns is not None else None
         except BaseException:
             for listener in opened:
                 listener.close()
@@ -281,18 +324,21 @@ class Ztunnel:
             hbone=HboneClient(HbonePool(mark=_pool_mark())),
             inbound_dialer=UpstreamDialer(),
             outbound_dialer=UpstreamDialer(transparent=False),
+            dns=dns,
         )
         proxy_ips = (config.instance_ip,) if config.instance_ip is not None else ()
         self._proxy = WorkloadProxy(context, sockets, self.local, proxy_ips=proxy_ips)
-        self._proxy.start()
+        await self._proxy.start()
         assert self._info is not None
+        dns_server = self._proxy.dns
         log.info(
-            "ztunnel: dedicated proxy for %s/%s, outbound %s, inbound %s, plaintext %s",
+            "ztunnel: dedicated proxy for %s/%s, outbound %s, inbound %s, plaintext %s, dns %s",
             self._info.namespace,
             self._info.name,
             self._proxy.outbound.address,
             self._proxy.inbound.address,
             self._proxy.plaintext.address,
+            [f"{t.value} {a}" for t, a in dns_server.addresses] if dns_server else "off",
         )
 
     async def _start_shared(self, context: ProxyContext) -> None:

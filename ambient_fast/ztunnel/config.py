@@ -128,6 +128,14 @@ SETTINGS = (
     Setting("secret_ttl", "SECRET_TTL", parse_duration, "requested certificate lifetime"),
     Setting("drain_deadline", None, parse_duration, "how long open connections may drain"),
     Setting("worker_threads", "ZTUNNEL_WORKER_THREADS", int, "native worker threads"),
+    # ztunnel's proxy metadata DNS_CAPTURE, which it reads from ISTIO_META_DNS_CAPTURE.
+    Setting(
+        "dns_proxy",
+        "ISTIO_META_DNS_CAPTURE",
+        _bool,
+        "serve DNS on localhost's dns port: mesh names answered, others forwarded to "
+        "/etc/resolv.conf's nameservers (pods need `cni --capture-dns`)",
+    ),
     *(Setting(name, None, _port, name.removesuffix("_port") + " port") for name in PORTS),
 )
 
@@ -162,6 +170,8 @@ class ZtunnelConfig:
     secret_ttl: float = DEFAULT_SECRET_TTL
     drain_deadline: float = DEFAULT_DRAIN_DEADLINE
     worker_threads: int | None = None  # None: min(2, CPUs/2), see ARCHITECTURE.md
+    # ztunnel's default: on unless DNS_CAPTURE says otherwise (it serves only captured pods).
+    dns_proxy: bool = True
     admin_port: int = PORTS["admin_port"]
     stats_port: int = PORTS["stats_port"]
     readiness_port: int = PORTS["readiness_port"]
@@ -208,6 +218,11 @@ class ZtunnelConfig:
             raise ConfigError("FAKE_CA_ROOT needs FAKE_CA=true")
         if self.local_xds_path is not None and self.local_xds is not None:
             raise ConfigError("LOCAL_XDS_PATH and LOCAL_XDS are exclusive")
+        if self.dns_proxy and self.xds_on_demand:
+            # As ztunnel: the DNS proxy needs every service, not those asked for so far.
+            raise ConfigError(
+                "the DNS proxy does not support XDS_ON_DEMAND (ISTIO_META_DNS_CAPTURE=false)"
+            )
         ports = [getattr(self, name) for name in PORTS]
         if len(set(ports)) != len(ports):
             raise ConfigError(f"two listeners share a port: {ports}")

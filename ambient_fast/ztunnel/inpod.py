@@ -85,8 +85,11 @@ class InPodProxies:
         info = start.info
         namespace = PodNamespace(start.netns, self._thread)
         self._starting[start.uid] = info
+        dns = self._context.dns
         try:
-            sockets = await namespace.proxy_sockets(*self._ports)
+            sockets = await namespace.proxy_sockets(
+                *self._ports, dns_port=dns.port if dns is not None else None
+            )
         except BaseException:
             namespace.close()
             raise
@@ -112,9 +115,14 @@ class InPodProxies:
             if workload is not None
             else Identity.of(info.namespace, info.service_account)
         )
+        try:
+            await proxy.start()
+        except BaseException:  # its sockets are closed
+            namespace.close()
+            self._unindex(info, local)
+            raise
         pod = PodProxy(start.uid, info, identity, namespace, local, proxy)
         self._context.certificates.request(identity, Priority.WARMUP)
-        proxy.start()
         self._pods[pod.uid] = pod
         self._count(started=1)
         log.info(

@@ -25,6 +25,7 @@ from ambient_fast import _native, netns
 from ambient_fast.cni.ebpf.listeners import ListenerMap
 from ambient_fast.cni.ebpf.programs import ListenerRole
 from ambient_fast.hbone.client import HboneClient
+from ambient_fast.ztunnel.dns.server import DnsSockets, open_dns_sockets
 from ambient_fast.ztunnel.proxy import ProxySockets
 from ambient_fast.ztunnel.sockets import (
     PROXY_MARK,
@@ -126,14 +127,31 @@ class PodNamespace:
 
         return await self._thread.run(self.fd, listen)
 
-    async def new_socket(self, family: socket.AddressFamily) -> socket.socket:
-        return await self._thread.run(self.fd, lambda: socket.socket(family, socket.SOCK_STREAM))
+    async def new_socket(
+        self, family: socket.AddressFamily, kind: socket.SocketKind = socket.SOCK_STREAM
+    ) -> socket.socket:
+        return await self._thread.run(self.fd, lambda: socket.socket(family, kind))
+
+    async def dns_sockets(self, port: int) -> DnsSockets:
+        """The DNS proxy's localhost listeners in the pod, and upstream sockets from the pod."""
+
+        def listen() -> DnsSockets:
+            return open_dns_sockets(port, mark=PROXY_MARK, reuse_port=True)
+
+        sockets = await self._thread.run(self.fd, listen)
+        return DnsSockets(sockets.udp, sockets.tcp, new_socket=self.new_socket)
 
     async def proxy_sockets(
-        self, outbound_port: int, inbound_port: int, plaintext_port: int
+        self,
+        outbound_port: int,
+        inbound_port: int,
+        plaintext_port: int,
+        dns_port: int | None = None,
     ) -> ProxySockets:
-        """The pod proxy's listeners, dialers and HBONE pool; all or nothing."""
+        """The pod proxy's listeners (DNS's with a `dns_port`), dialers and HBONE pool; all
+        or nothing."""
         opened: list[socket.socket] = []
+        dns: DnsSockets | None = None
         try:
             for port, transparent in (
                 (outbound_port, False),
@@ -142,10 +160,14 @@ class PodNamespace:
             ):
                 opened.append(await self.listener(port, transparent=transparent))
             await self._thread.run(self.fd, lambda: _register_for_ebpf_capture(*opened))
+            if dns_port is not None:
+                dns = await self.dns_sockets(dns_port)
             pool = _native.HbonePool(mark=PROXY_MARK, netns=self.fd)
         except BaseException:
             for sock in opened:
                 sock.close()
+            if dns is not None:
+                dns.close()
             raise
         outbound, inbound, plaintext = opened
         return ProxySockets(
@@ -155,6 +177,7 @@ class PodNamespace:
             hbone=HboneClient(pool),
             inbound_dialer=UpstreamDialer(new_socket=self.new_socket),
             outbound_dialer=UpstreamDialer(transparent=False, new_socket=self.new_socket),
+            dns=dns,
         )
 
     def close(self) -> None:

@@ -1,5 +1,6 @@
-"""One proxy's three listeners, as istio/ztunnel's ProxyFactory builds them: outbound (15001),
-inbound HBONE (15008), inbound plaintext (15006), serving a set of local workloads.
+"""One proxy's listeners, as istio/ztunnel's ProxyFactory builds them: outbound (15001),
+inbound HBONE (15008), inbound plaintext (15006), serving a set of local workloads, and the DNS
+proxy (localhost:15053) when it is on.
 
 Dedicated mode runs one `WorkloadProxy` on the node's own sockets; in-pod mode runs one per pod,
 on sockets opened inside the pod's network namespace (`ztunnel/pod_netns.py`). What all proxies
@@ -21,10 +22,22 @@ from ambient_fast.splice import SpliceRelay
 from ambient_fast.state import StateStore
 from ambient_fast.state.model import IpAddress
 from ambient_fast.ztunnel.accesslog import AccessLog
+from ambient_fast.ztunnel.dns.forwarder import Forwarder, ResolvConf
+from ambient_fast.ztunnel.dns.resolver import DnsResolver
+from ambient_fast.ztunnel.dns.server import DnsHandler, DnsServer, DnsSockets
 from ambient_fast.ztunnel.inbound import InboundServer
 from ambient_fast.ztunnel.inbound_passthrough import InboundPlaintextServer
 from ambient_fast.ztunnel.outbound import OutboundProxy, OutboundSettings, SourceResolver
 from ambient_fast.ztunnel.sockets import UpstreamDialer
+
+
+@dataclass(frozen=True, slots=True)
+class DnsContext:
+    """What every proxy's DNS server shares: the mesh's answers and the upstreams."""
+
+    resolver: DnsResolver
+    upstream: ResolvConf
+    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +49,7 @@ class ProxyContext:
     relay: SpliceRelay
     network: str
     ports: frozenset[int]  # the proxy's own listener ports (loops are refused)
+    dns: DnsContext | None = None  # None: the DNS proxy is off
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +62,14 @@ class ProxySockets:
     hbone: HboneClient
     inbound_dialer: UpstreamDialer  # to the local workload, from the client's IP
     outbound_dialer: UpstreamDialer  # direct and passthrough, from the proxy's own address
+    dns: DnsSockets | None = None  # the DNS proxy's listeners, when it is on
 
     def close(self) -> None:
         """For sockets no proxy took over."""
         for listener in (self.outbound, self.inbound, self.plaintext):
             listener.close()
+        if self.dns is not None:
+            self.dns.close()
         self.hbone.close()
 
 
@@ -111,6 +128,18 @@ class WorkloadProxy:
             dialer=sockets.outbound_dialer,
             source_of=source_of,
         )
+        self.dns: DnsServer | None = None
+        if context.dns is not None and sockets.dns is not None:
+            forwarder = Forwarder(context.dns.upstream, new_socket=sockets.dns.new_socket)
+            # The DNS client is the outbound source: by address, or the pod's own workload.
+            client_of = source_of or (
+                lambda client: context.store.workload_by_ip(context.network, client.ip)
+            )
+            handler = DnsHandler(context.dns.resolver, forwarder, client_of, context.metrics.dns)
+            self.dns = DnsServer(sockets.dns, handler)
+        elif sockets.dns is not None:
+            sockets.dns.close()
+        self._sockets = sockets
         self._serving: asyncio.Task[None] | None = None
         self._drained = False
 
@@ -121,7 +150,16 @@ class WorkloadProxy:
             "outbound": self.outbound.open.dump(),
         }
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Serves from here on; if the DNS server cannot start, every socket is closed and
+        the proxy is done."""
+        if self.dns is not None:
+            try:
+                await self.dns.start()
+            except BaseException:
+                self._drained = True
+                self._sockets.close()
+                raise
         self.inbound.start()
         self.plaintext.start()
         self._serving = asyncio.create_task(self.outbound.serve())
@@ -136,6 +174,7 @@ class WorkloadProxy:
             self.outbound.drain(deadline),
             self.inbound.close(deadline),
             self.plaintext.close(deadline),
+            *([self.dns.close(deadline)] if self.dns is not None else []),
             return_exceptions=True,
         )
         if self._serving is not None:

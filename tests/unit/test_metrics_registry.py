@@ -18,6 +18,8 @@ from ambient_fast.metrics import (
     ResponseFlag,
     TerminationReason,
 )
+from ambient_fast.metrics.dns import LABEL_NAMES as LABEL_NAMES_DNS
+from ambient_fast.metrics.dns import dns_labels
 from ambient_fast.state.model import TunnelProtocol, Workload
 
 CLIENT = Workload(
@@ -197,6 +199,34 @@ def test_workload_manager_gauges_only_in_pod_mode() -> None:
     assert value(metrics, "workload_manager_active_proxy_count") == 3
     assert value(metrics, "workload_manager_proxies_started_total") == 1
     assert value(metrics, "workload_manager_proxies_stopped_total") == 0
+
+
+def test_dns_families_only_with_the_dns_proxy() -> None:
+    assert "istio_dns_requests_total" not in samples(Metrics(process=False))
+    metrics = Metrics(process=False, dns=True)
+    dns = metrics.dns
+    assert dns is not None
+    labels = dns_labels("aaaa", "tcp", CLIENT)
+    assert labels == ("aaaa", "tcp", "client", "v1")
+    assert dns_labels("a", "udp", None) == ("a", "udp", "unknown", "unknown")
+    dns.requests.inc(labels)
+    dns.upstream_requests.inc(labels)
+    for seconds in (0.0005, 0.003, 0.003, 2.0, 9.0):
+        dns.upstream_duration.observe(labels, seconds)
+    by_label = dict(zip(LABEL_NAMES_DNS, labels, strict=True))
+    assert value(metrics, "istio_dns_requests_total", **by_label) == 1
+    assert value(metrics, "istio_dns_upstream_requests_total", **by_label) == 1
+    assert "istio_dns_upstream_failures_total" not in samples(metrics)  # no series yet
+    buckets = {
+        s.labels["le"]: s.value
+        for s in samples(metrics)["istio_dns_upstream_request_duration_seconds_bucket"]
+    }
+    # Cumulative, ztunnel's bounds sorted.
+    assert buckets == {"0.001": 1, "0.005": 3, "0.01": 3, "0.1": 3, "1.0": 3, "5.0": 4, "+Inf": 5}
+    assert value(metrics, "istio_dns_upstream_request_duration_seconds_count", **by_label) == 5
+    assert value(
+        metrics, "istio_dns_upstream_request_duration_seconds_sum", **by_label
+    ) == pytest.approx(11.0065)
 
 
 def test_process_metrics_include_ztunnels_fd_gauges() -> None:

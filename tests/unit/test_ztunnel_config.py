@@ -101,6 +101,8 @@ def test_fake_ca_root_without_fake_ca_is_refused(tmp_path: Path) -> None:
         ({"PROXY_MODE": "dedicated"}, (), "needs PROXY_WORKLOAD_INFO"),
         ({}, ("--admin-port", "15001"), "share a port"),
         ({"PROXY_WORKLOAD_INFO": "apps/echo"}, (), "expected namespace/name/service-account"),
+        ({"ISTIO_META_DNS_CAPTURE": "maybe"}, (), "invalid ISTIO_META_DNS_CAPTURE='maybe'"),
+        ({"XDS_ON_DEMAND": "true"}, (), "DNS proxy does not support XDS_ON_DEMAND"),
     ],
 )
 def test_bad_values_name_the_setting(
@@ -108,6 +110,14 @@ def test_bad_values_name_the_setting(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load(env, *argv)
+
+
+def test_the_dns_proxy_is_on_unless_ztunnels_dns_capture_metadata_says_no() -> None:
+    assert load({}).dns_proxy and load({}).dns_port == 15053
+    assert not load({"ISTIO_META_DNS_CAPTURE": "false"}).dns_proxy
+    assert not load({"ISTIO_META_DNS_CAPTURE": "true"}, "--dns-proxy", "false").dns_proxy
+    on_demand = load({"XDS_ON_DEMAND": "true", "ISTIO_META_DNS_CAPTURE": "false"})
+    assert on_demand.xds_on_demand and not on_demand.dns_proxy
 
 
 def test_help_lists_every_setting_with_its_variable_and_default() -> None:
