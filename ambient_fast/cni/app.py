@@ -59,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only named namespaces (/run/netns) starting with this hold pods: several "
         "meshes on one machine")  # fmt: skip
     add("--capture-dns", action="store_true",
-        help="redirect the pods' DNS (UDP 53) to the proxy's 15053")  # fmt: skip
+        help="redirect the pods' DNS (UDP and TCP 53) to ztunnel's DNS proxy on 15053, which "
+        "must be on (ztunnel's ISTIO_META_DNS_CAPTURE, default true); iptables only, eBPF "
+        "capture leaves DNS alone")  # fmt: skip
 
 
 def capture_for(args: argparse.Namespace) -> Capture:

@@ -15,7 +15,7 @@ Commands run in the namespace with `policy_route.run_in` (nsenter).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ambient_fast.cni import policy_route
 from ambient_fast.cni.policy_route import CaptureError, run_in
@@ -66,10 +66,11 @@ class IptablesCapture:
             raise
 
     def remove(self, netns_path: str) -> None:
-        """Takes out everything `install` adds; what is already gone is skipped."""
+        """Takes out everything `install` adds, DNS capture's too (whatever this agent's
+        setting: an earlier one may have installed it); what is already gone is skipped."""
         saved = run_in(netns_path, "iptables-save")
         present = _present_jumps(saved)
-        for ruleset in capture_rulesets(self.config):
+        for ruleset in capture_rulesets(replace(self.config, capture_dns=True)):
             for jump in ruleset.jumps:
                 if (ruleset.table, jump) in present:
                     run_in(netns_path, "iptables", "-t", ruleset.table, "-D", *jump.split())

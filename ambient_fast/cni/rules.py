@@ -8,6 +8,11 @@ Two variants, as istio-cni has them:
 - TPROXY (default): inbound via mangle TPROXY, which keeps the original destination as the
   socket's local address; outbound via nat REDIRECT (SO_ORIGINAL_DST).
 - REDIRECT: everything via nat REDIRECT, for kernels without TPROXY.
+
+DNS capture (optional, as istio-cni's redirectDNS): the pod's DNS to any non-loopback resolver
+(UDP and TCP port 53) goes to the proxy's DNS port, except the proxy's own queries (mark 0x539),
+which the raw table puts in conntrack zone 1 with their answers so they never collide with the
+pod's redirected ones.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ LOCAL_ROUTE_RULE_PRIORITY = 32764
 DEFAULT_PROBE_SOURCE = "169.254.7.127"
 PRERT_CHAIN = "ISTIO_PRERT"
 OUTPUT_CHAIN = "ISTIO_OUTPUT"
+# istio-cni's conntrack zone for the proxy's upstream DNS (istio/istio#33469).
+DNS_CONNTRACK_ZONE = 1
 
 
 class Variant(enum.Enum):
@@ -131,9 +138,13 @@ def _nat(config: CaptureConfig) -> Ruleset:
     if config.probe_source:
         rules.append(f"{OUTPUT_CHAIN} -d {config.probe_source}/32 -p tcp -m tcp -j ACCEPT")
     if config.capture_dns:
-        rules.append(
-            f"{OUTPUT_CHAIN} ! -o lo -p udp -m udp --dport 53 -j REDIRECT --to-ports {ports.dns}"
-        )
+        not_proxy = f"-m mark ! --mark {_mark(PROXY_MARK)}"
+        rules += [
+            f"{OUTPUT_CHAIN} ! -o lo -p udp {not_proxy} -m udp --dport 53 "
+            f"-j REDIRECT --to-ports {ports.dns}",
+            f"{OUTPUT_CHAIN} ! -d 127.0.0.1/32 -p tcp -m tcp --dport 53 {not_proxy} "
+            f"-j REDIRECT --to-ports {ports.dns}",
+        ]
     if config.variant is Variant.TPROXY:
         rules.append(f"{OUTPUT_CHAIN} -p tcp -m mark --mark {_mark(REDIRECTED_MARK)} -j ACCEPT")
     rules += [
@@ -144,8 +155,24 @@ def _nat(config: CaptureConfig) -> Ruleset:
     return Ruleset("nat", chains, jumps, tuple(rules))
 
 
+def _raw_dns() -> Ruleset:
+    """The proxy's DNS queries and their answers in their own conntrack zone."""
+    zone = f"-j CT --zone {DNS_CONNTRACK_ZONE}"
+    return Ruleset(
+        "raw",
+        (PRERT_CHAIN, OUTPUT_CHAIN),
+        (f"PREROUTING -j {PRERT_CHAIN}", f"OUTPUT -j {OUTPUT_CHAIN}"),
+        (
+            f"{OUTPUT_CHAIN} -p udp -m mark --mark {_mark(PROXY_MARK)} -m udp --dport 53 {zone}",
+            f"{PRERT_CHAIN} -p udp -m mark ! --mark {_mark(PROXY_MARK)} -m udp --sport 53 {zone}",
+        ),
+    )
+
+
 def capture_rulesets(config: CaptureConfig = CaptureConfig()) -> tuple[Ruleset, ...]:
-    """The tables' parts of one pod's capture, mangle first."""
+    """The tables' parts of one pod's capture, mangle first (raw last, with DNS capture)."""
+    if config.capture_dns:
+        return (_mangle(config), _nat(config), _raw_dns())
     return (_mangle(config), _nat(config))
 
 

@@ -33,6 +33,9 @@ class ClusterOptions:
     cert_ttl: str | None = None
     redirect: str = "iptables"  # the agents' capture: iptables or ebpf
     iptables_variant: str = "tproxy"  # iptables' inbound capture: tproxy or redirect
+    # The pods' DNS to the ztunnels' DNS proxies (iptables only); it forwards what the mesh
+    # does not know to the nodes' nameserver, the fabric address (topology).
+    capture_dns: bool = False
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Cluster:
             "--redirect", self.options.redirect,
             "--iptables-variant", self.options.iptables_variant,
             "--netns-prefix", self.topology.pod_netns_prefix,
+            *(["--capture-dns"] if self.options.capture_dns else []),
         ]  # fmt: skip
 
     def ztunnel_argv(self, node: str) -> list[str]:

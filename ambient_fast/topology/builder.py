@@ -8,9 +8,12 @@ control plane lives), one namespace per node, one per pod.
 ```
 
 Pods reach pods on other nodes through their node and the fabric, as with a routed CNI
-plugin; every node and pod reaches the fabric address. Namespace names carry the creating
-process's pid (`af-<pid>-<tag>-...`), so a later build deletes leftovers of a process that
-died before it could clean up, and never touches those of a live one.
+plugin; every node and pod reaches the fabric address, which is also the nameserver of every
+node's and pod's resolv.conf (what `ip netns exec` shows as /etc/resolv.conf): the cluster's
+DNS belongs in the fabric, as the control plane does, and a caller may run one there.
+Namespace names carry the creating process's pid (`af-<pid>-<tag>-...`), so a later build
+deletes leftovers of a process that died before it could clean up, and never touches those of
+a live one.
 """
 
 from __future__ import annotations
@@ -22,9 +25,16 @@ import re
 import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ambient_fast import netns
-from ambient_fast.topology.commands import TopologyError, delete_netns, in_netns, run
+from ambient_fast.topology.commands import (
+    NETNS_ETC_DIR,
+    TopologyError,
+    delete_netns,
+    in_netns,
+    run,
+)
 
 NETNS_PREFIX = "af-"
 DEFAULT_UNDERLAY = "172.30.0.0/24"
@@ -89,6 +99,10 @@ class Topology:
         """A command line that runs `argv` in `namespace` (exec'd in place: same pid)."""
         return ["ip", "netns", "exec", namespace, *argv]
 
+    def resolv_conf(self, namespace: str) -> Path:
+        """The namespace's resolv.conf (for processes `exec_argv` starts)."""
+        return NETNS_ETC_DIR / namespace / "resolv.conf"
+
     def entered(self, namespace: str) -> contextlib.AbstractContextManager[None]:
         """The calling thread in `namespace` until exit (sockets opened meanwhile stay)."""
         return netns.entered_named(namespace)
@@ -112,13 +126,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale() -> list[str]:
-    """Deletes namespaces this module made in processes that are gone; returns their names."""
+def _listed(directory: str | Path) -> set[str]:
     try:
-        names = os.listdir(netns.NETNS_RUN_DIR)
+        return set(os.listdir(directory))
     except FileNotFoundError:
-        return []
-    stale = [n for n in names if (m := _OWNED.match(n)) and not _alive(int(m.group(1)))]
+        return set()
+
+
+def sweep_stale() -> list[str]:
+    """Deletes namespaces (and their /etc/netns files) this module made in processes that are
+    gone; returns their names."""
+    names = _listed(netns.NETNS_RUN_DIR) | _listed(NETNS_ETC_DIR)
+    stale = [n for n in sorted(names) if (m := _OWNED.match(n)) and not _alive(int(m.group(1)))]
     for name in stale:
         delete_netns(name)
     return stale
@@ -128,11 +147,15 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def _add_netns(name: str, created: list[str]) -> None:
+def _add_netns(name: str, created: list[str], nameserver: str | None = None) -> None:
     run("ip", "netns", "add", name)
     created.append(name)
     run("ip", "-n", name, "link", "set", "lo", "up")
     in_netns(name, "sysctl", "-qw", *_SYSCTLS)
+    if nameserver is not None:
+        etc = NETNS_ETC_DIR / name
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(f"nameserver {nameserver}\n")
 
 
 def _veth(ns_a: str, dev_a: str, ns_b: str, dev_b: str) -> None:
@@ -158,7 +181,7 @@ def _add_node(
         spec.name, f"{NETNS_PREFIX}{topology.tag}-node-{_slug(spec.name)}", ip, str(cidr),
         str(next(cidr.hosts())),
     )  # fmt: skip
-    _add_netns(node.netns, created)
+    _add_netns(node.netns, created, nameserver=topology.fabric_ip)
     uplink = f"n{len(topology.nodes)}"
     _veth(node.netns, "eth0", topology.fabric_netns, uplink)
     run("ip", "-n", topology.fabric_netns, "link", "set", uplink, "master", "br0")
@@ -185,7 +208,7 @@ def _add_pod(topology: Topology, spec: PodSpec, created: list[str]) -> Pod:
     if spec.name in topology.pods:
         raise TopologyError(f"pod {spec.name}: defined twice")
     pod = Pod(spec.name, node.name, topology.pod_netns_prefix + _slug(spec.name), spec.ip)
-    _add_netns(pod.netns, created)
+    _add_netns(pod.netns, created, nameserver=topology.fabric_ip)
     host_side = f"p{len(topology.pods)}"
     _veth(pod.netns, "eth0", node.netns, host_side)
     run("ip", "-n", pod.netns, "addr", "add", f"{pod.ip}/32", "dev", "eth0")

@@ -1,17 +1,20 @@
 """ztunnel in shared (in-pod) mode on two nodes, against our control plane, in namespaces
 (`two_nodes.py`: the control plane in the fabric, a ztunnel and an `ambient-fast cni` agent per
-node with the node's token). Each test is a row of reference 03's traffic paths or one of issue
-4's operations; they share one mesh and run in file order (drain last).
+node with the node's token). Each test is a row of reference 03's traffic paths, the DNS proxy
+under the agents' DNS capture (iptables modes), or one of issue 4's operations; they share one
+mesh and run in file order (drain last).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import signal
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
+from cluster_dns import ClusterDns, resolve
 from fake_waypoint import FakeWaypoint, Seen
 from mesh_harness import IO_TIMEOUT, ask, dial, exchange, metric_total
 from two_nodes import (
@@ -31,6 +34,7 @@ from two_nodes import (
 
 from ambient_fast.cni.rules import DEFAULT_PROBE_SOURCE
 from ambient_fast.topology.commands import run
+from ambient_fast.ztunnel.dns.message import FLAG_AA, Rcode, name_from_text
 
 
 @pytest.fixture(scope="module", params=sorted(CAPTURE_MODES))
@@ -39,7 +43,9 @@ def mesh(
 ) -> Iterator[Mesh]:
     """The whole suite once per capture mechanism of the node agents (issue 5)."""
     capture = request.param
-    with running_mesh(tmp_path_factory.mktemp(f"two-nodes-{capture}"), capture=capture) as mesh:
+    work = tmp_path_factory.mktemp(f"two-nodes-{capture}")
+    # DNS capture where the agent can (iptables; eBPF capture leaves DNS alone).
+    with running_mesh(work, capture=capture, capture_dns=capture != "ebpf") as mesh:
         yield mesh
 
 
@@ -158,6 +164,59 @@ def test_connections_to_the_proxy_ports_themselves_are_refused(mesh: Mesh, port:
     """A pod dialling its own proxy's port directly would loop."""
     with pytest.raises(OSError):
         ask(mesh.topology, "client", PODS["client"].ip, port)
+
+
+# -- DNS: the pods' queries captured to their ztunnel's DNS proxy ----------------------------
+
+OUTSIDE_NAME, OUTSIDE_NAME_IP = "outside.test", "192.0.2.7"
+
+
+@pytest.fixture(scope="module")
+def cluster_dns(mesh: Mesh) -> Iterator[ClusterDns]:
+    """The cluster's DNS in the fabric: the pods' and nodes' nameserver. It knows one name
+    outside the mesh and none of the mesh's services."""
+    if not mesh.options.capture_dns:
+        pytest.skip("eBPF capture leaves DNS alone (the agent's --capture-dns needs iptables)")
+    dns = ClusterDns(mesh.topology, {OUTSIDE_NAME: OUTSIDE_NAME_IP})
+    try:
+        yield dns
+    finally:
+        dns.close()
+
+
+def test_a_captured_pod_resolves_services_through_its_ztunnel(
+    mesh: Mesh, cluster_dns: ClusterDns
+) -> None:
+    for name in ("echo", "echo.demo", "echo.demo.svc.cluster.local"):
+        answer = resolve(mesh.topology, "client", name)
+        assert (answer.header.rcode, answer.header.flags & FLAG_AA) == (Rcode.NOERROR, FLAG_AA)
+        assert [(r.name, r.data) for r in answer.answers] == [
+            (name_from_text(name), ipaddress.IPv4Address(ECHO_VIP))
+        ], name
+    over_tcp = resolve(mesh.topology, "client", "echo.demo", tcp=True)
+    assert [r.data for r in over_tcp.answers] == [ipaddress.IPv4Address(ECHO_VIP)]
+    # Answered in the pod by its ztunnel: none reached the cluster's DNS.
+    assert not [asked for _, asked in cluster_dns.seen if asked.startswith("echo")]
+    assert metric_total(mesh.metrics("node-a"), "istio_dns_requests_total",
+                        request_protocol="udp", source_canonical_service="client") >= 3  # fmt: skip
+
+
+def test_other_names_are_forwarded_from_the_pod_to_the_cluster_dns(
+    mesh: Mesh, cluster_dns: ClusterDns
+) -> None:
+    answer = resolve(mesh.topology, "client", OUTSIDE_NAME)
+    assert answer.header.rcode == Rcode.NOERROR and not answer.header.flags & FLAG_AA
+    assert [r.data for r in answer.answers] == [ipaddress.IPv4Address(OUTSIDE_NAME_IP)]
+    # The forwarded query left from the pod's namespace (its IP), marked, so not captured again.
+    assert (PODS["client"].ip, OUTSIDE_NAME) in cluster_dns.seen
+    assert metric_total(mesh.metrics("node-a"), "istio_dns_upstream_requests_total",
+                        source_canonical_service="client") >= 1  # fmt: skip
+
+
+def test_an_uncaptured_pod_asks_the_cluster_dns_itself(mesh: Mesh, cluster_dns: ClusterDns) -> None:
+    answer = resolve(mesh.topology, "outsider", "echo")
+    assert answer.header.rcode == Rcode.NXDOMAIN
+    assert (PODS["outsider"].ip, "echo") in cluster_dns.seen
 
 
 # -- access log ----------------------------------------------------------------------------

@@ -72,15 +72,20 @@ def wait_captured(mesh: Mesh, pods: Iterable[str]) -> None:
 
 @contextlib.contextmanager
 def running_mesh(
-    work: Path, cert_ttl: str | None = None, *, captured: bool = True, capture: str = "iptables"
+    work: Path,
+    cert_ttl: str | None = None,
+    *,
+    captured: bool = True,
+    capture: str = "iptables",
+    capture_dns: bool = False,
 ) -> Iterator[Mesh]:
     """The cluster up with echo servers and, with `captured`, the `demo` pods enrolled.
-    `capture`: a key of CAPTURE_MODES."""
+    `capture`: a key of CAPTURE_MODES; `capture_dns`: the pods' DNS to the ztunnels too."""
     config = work / "config"
     config.mkdir()
     (config / "mesh.yaml").write_text(mesh_yaml(captured))
     (config / "policies.yaml").write_text("# no policies yet\n")
-    options = replace(CAPTURE_MODES[capture], cert_ttl=cert_ttl)
+    options = replace(CAPTURE_MODES[capture], cert_ttl=cert_ttl, capture_dns=capture_dns)
     with run_cluster(NODES, list(PODS.values()), config, work, options) as mesh:
         if captured:
             wait_captured(mesh, CAPTURED)

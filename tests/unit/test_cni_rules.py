@@ -73,8 +73,31 @@ def test_redirect_variant_captures_inbound_with_nat_and_keeps_the_return_path() 
 def test_dns_capture_and_probe_exemption_are_options() -> None:
     text = capture_rules(CaptureConfig(probe_source=None, capture_dns=True))
     assert "169.254.7.127" not in text
-    assert "-A ISTIO_OUTPUT ! -o lo -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053" in text
-    assert "--dport 53" not in capture_rules()
+    assert "--dport 53" not in capture_rules() and "*raw" not in capture_rules()
+
+
+def test_dns_capture_is_istio_cnis_and_spares_the_proxys_own_queries() -> None:
+    text = capture_rules(CaptureConfig(capture_dns=True))
+    nat = table_rules(text, "nat")
+    # Current istio-cni (cni/pkg/iptables/iptables.go): UDP and TCP, never the proxy's own.
+    dns = [
+        "-A ISTIO_OUTPUT ! -o lo -p udp -m mark ! --mark 0x539/0xfff -m udp --dport 53 "
+        "-j REDIRECT --to-ports 15053",
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m tcp --dport 53 -m mark ! --mark 0x539/0xfff "
+        "-j REDIRECT --to-ports 15053",
+    ]
+    at = nat.index(dns[0])
+    assert nat[at : at + 2] == dns
+    # Before everything else of the output chain lets TCP go or sends it to 15001.
+    assert nat[at + 2 :] == REFERENCE_NAT[2:]
+    assert table_rules(text, "raw") == [
+        "-A PREROUTING -j ISTIO_PRERT",
+        "-A OUTPUT -j ISTIO_OUTPUT",
+        "-A ISTIO_OUTPUT -p udp -m mark --mark 0x539/0xfff -m udp --dport 53 -j CT --zone 1",
+        "-A ISTIO_PRERT -p udp -m mark ! --mark 0x539/0xfff -m udp --sport 53 -j CT --zone 1",
+    ]
+    raw = capture_rulesets(CaptureConfig(capture_dns=True))[2]
+    assert raw.jumps == ("PREROUTING -j ISTIO_PRERT", "OUTPUT -j ISTIO_OUTPUT")
 
 
 def test_ports_are_configurable() -> None:
