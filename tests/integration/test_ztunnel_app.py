@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from hbone_harness import echo_backend, finish, recv_exactly, recv_to_eof, sendall
 from installed import PACKAGE_ROOT
-from sockets import tcp_pair
+from sockets import free_ports, tcp_pair
 from waits import DEADLINE, wait_until
 
 from ambient_fast.cli import build_parser, main
@@ -35,17 +35,6 @@ LOCAL_ID = "spiffe://cluster.local/ns/default/sa/default"
 CLIENT_ID = "spiffe://cluster.local/ns/apps/sa/client"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="marks and IP_TRANSPARENT need root")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind((LOCAL_IP, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 async def http(port: int, method: str, target: str) -> tuple[int, bytes]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from dns_upstream import FakeUpstream, ask_tcp, ask_udp, ask_udp_raw, loopback_ip
+from sockets import free_ports
 from waits import DEADLINE, wait_until
 
 from ambient_fast.ztunnel.app import Ztunnel
@@ -62,17 +63,6 @@ services:
 OUTSIDE = "outside.test"
 OUTSIDE_IP = "192.0.2.7"
 BIG = "big.test"  # too large for 512 bytes: truncated over UDP by the upstream
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind((LOCAL_IP, 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def config(**changes: object) -> ZtunnelConfig:
