@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Container
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ambient_fast.hbone.client import HboneClient
 from ambient_fast.identity.manager import CertificateManager
 from ambient_fast.metrics import Metrics
 from ambient_fast.splice import SpliceRelay
-from ambient_fast.state import StateStore
+from ambient_fast.state import StateStore, Workload
 from ambient_fast.state.model import IpAddress
 from ambient_fast.ztunnel.accesslog import AccessLog
 from ambient_fast.ztunnel.dns.forwarder import Forwarder, ResolvConf
@@ -82,7 +82,7 @@ class WorkloadProxy:
         self,
         context: ProxyContext,
         sockets: ProxySockets,
-        local: Container[str],
+        local: Collection[str],
         *,
         proxy_ips: tuple[IpAddress, ...] = (),
         source_of: SourceResolver | None = None,
@@ -131,11 +131,16 @@ class WorkloadProxy:
         self.dns: DnsServer | None = None
         if context.dns is not None and sockets.dns is not None:
             forwarder = Forwarder(context.dns.upstream, new_socket=sockets.dns.new_socket)
-            # The DNS client is the outbound source: by address, or the pod's own workload.
-            client_of = source_of or (
-                lambda client: context.store.workload_by_ip(context.network, client.ip)
-            )
-            handler = DnsHandler(context.dns.resolver, forwarder, client_of, context.metrics.dns)
+
+            # The DNS client is the proxy's own workload, whatever the query's source (ztunnel's
+            # local workload: the pod in in-pod mode, PROXY_WORKLOAD_INFO's in dedicated mode).
+            def own_workload() -> Workload | None:
+                return next(
+                    (w for uid in local if (w := context.store.workload_by_uid(uid)) is not None),
+                    None,
+                )
+
+            handler = DnsHandler(context.dns.resolver, forwarder, own_workload, context.metrics.dns)
             self.dns = DnsServer(sockets.dns, handler)
         elif sockets.dns is not None:
             sockets.dns.close()

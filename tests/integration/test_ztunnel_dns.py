@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="binds port 53 and mar
 
 LOCAL_IP = "127.0.0.1"
 ECHO_VIP = "10.96.0.10"
-# The client is the workload at 127.0.0.1 (dedicated mode: by the query's source address).
+# The client is the proxy's own workload, demo/client (ztunnel: whatever the query's source).
 LOCAL_XDS = f"""\
 workloads:
 - uid: Kubernetes//Pod/demo/client
@@ -158,11 +158,14 @@ async def test_unknown_names_are_forwarded_and_answered_verbatim(tmp_path: Path)
         ]
 
 
-async def test_a_query_from_an_address_that_is_no_workload_is_forwarded(tmp_path: Path) -> None:
+async def test_a_query_from_another_address_is_answered_for_the_proxys_workload(
+    tmp_path: Path,
+) -> None:
     async with upstream_and_proxy(tmp_path) as (upstream, cfg):
         answer = await ask_udp(cfg.dns_port, "echo", TYPE_A, source="127.0.0.2")
-        assert answer.header.rcode == Rcode.NXDOMAIN  # the upstream does not know "echo"
-        assert [q.name for _, _, q in upstream.seen] == [name_from_text("echo")]
+        assert answer.header.rcode == Rcode.NOERROR  # "echo" in demo/client's namespace
+        assert [r.data for r in answer.answers] == [ipaddress.IPv4Address(ECHO_VIP)]
+        assert upstream.seen == []
 
 
 async def test_a_truncated_upstream_answer_is_fetched_again_over_tcp(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from ambient_fast.state import StateStore, Workload
+from test_dns_resolver import mesh
+
+from ambient_fast.state import Workload
 from ambient_fast.ztunnel.dns.forwarder import Forwarder, ResolvConf, UpstreamFailure
 from ambient_fast.ztunnel.dns.message import (
     FLAG_QR,
@@ -22,7 +24,6 @@ from ambient_fast.ztunnel.dns.message import (
 )
 from ambient_fast.ztunnel.dns.resolver import DnsResolver, kubernetes_search_domains
 from ambient_fast.ztunnel.dns.server import ClientResolver, DnsHandler, Transport
-from ambient_fast.ztunnel.routing import SocketAddress
 
 CLIENT = ("10.244.1.10", 40000)
 NAME = name_from_text("many.example")
@@ -45,19 +46,37 @@ class ScriptedForwarder(Forwarder):
         return data, parse_message(data)
 
 
-def nobody(_client: SocketAddress) -> Workload | None:
+STORE = mesh()
+OWN = STORE.workload_by_uid("Kubernetes//Pod/ns1/client")
+
+
+def own() -> Workload | None:
+    return OWN
+
+
+def nobody() -> Workload | None:
     return None
 
 
-def broken(_client: SocketAddress) -> Workload | None:
+def broken() -> Workload | None:
     raise RuntimeError("a bug")
 
 
-def handler(forwarder: Forwarder, client_of: ClientResolver = nobody) -> DnsHandler:
-    store = StateStore()
+def handler(forwarder: Forwarder, client_of: ClientResolver = own) -> DnsHandler:
     search = kubernetes_search_domains("cluster.local")
-    resolver = DnsResolver(store, cluster_domain="cluster.local", search_domains=search)
+    resolver = DnsResolver(STORE, cluster_domain="cluster.local", search_domains=search)
     return DnsHandler(resolver, forwarder, client_of)
+
+
+async def test_no_answer_before_the_proxys_workload_is_known() -> None:
+    """ztunnel: SERVFAIL while its local workload is unknown, nothing forwarded."""
+    upstream = ScriptedForwarder([])
+    answer = parse_message(
+        await handler(upstream, nobody).answer(build_query(10, NAME, TYPE_A), CLIENT, Transport.UDP)
+        or b""
+    )
+    assert (answer.header.id, answer.header.rcode) == (10, Rcode.SERVFAIL)
+    assert upstream.asked == []
 
 
 async def test_another_opcode_is_not_implemented() -> None:

@@ -283,10 +283,6 @@ def test_lookup(
     assert [r.rtype for r in result.records][: len(expected)] == [r.rtype for r in expected]
 
 
-def test_an_unknown_client_is_forwarded_as_is(resolver: DnsResolver) -> None:
-    assert resolver.resolve(None, n("productpage.ns1"), TYPE_A) == Forward("unknown client")
-
-
 def test_a_cname_comes_first_and_carries_the_ttl(resolver: DnsResolver, client: Workload) -> None:
     result = resolver.resolve(client, n("productpage.ns1.svc.cluster.local"), TYPE_A)
     assert isinstance(result, Answer) and result.records[0].ttl == DEFAULT_TTL == 30

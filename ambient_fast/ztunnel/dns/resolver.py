@@ -10,8 +10,8 @@ up among the services; services without a VIP are skipped unless they are Kubern
 services (answered with their endpoints' IPs); among services of one hostname the client's
 namespace wins. A known host answers only addresses of the asked family (none: NOERROR without
 records, never forwarded); a match found by stripping a search domain answers a CNAME from the
-asked name to the stripped one first. Anything else (other record types, unknown names, clients
-that are no workload) is forwarded.
+asked name to the stripped one first. Anything else (other record types, unknown names) is
+forwarded. The client is the proxy's own workload (the handler answers SERVFAIL without one).
 """
 
 from __future__ import annotations
@@ -111,9 +111,7 @@ class DnsResolver:
         self._headless_suffix = "." + _text(self._svc_domain)
         self._search_domains = search_domains
 
-    def resolve(self, client: Workload | None, name: Name, qtype: int) -> Resolution:
-        if client is None:
-            return Forward("unknown client")
+    def resolve(self, client: Workload, name: Name, qtype: int) -> Resolution:
         if qtype not in (TYPE_A, TYPE_AAAA):
             return Forward("record type")
         found = self._find(client, name)

@@ -1,8 +1,9 @@
 """One proxy's DNS server: UDP and TCP (two-byte length prefix, RFC 1035 4.2.2) on localhost.
 
-`DnsHandler.answer` turns one query into one answer: the client workload (by source address,
-or the pod's own in in-pod mode), then the mesh's records (`DnsResolver`) or the upstream's
-answer (`Forwarder`), cut to a UDP client's size. Malformed input never escapes: a message
+`DnsHandler.answer` turns one query into one answer: the client workload (the proxy's own, as
+ztunnel: the pod's in in-pod mode, the configured one in dedicated mode; SERVFAIL while it is not
+known), then the mesh's records (`DnsResolver`) or the upstream's answer (`Forwarder`), cut to
+a UDP client's size. Malformed input never escapes: a message
 with a readable header gets FORMERR, shorter ones and responses (never reflected) are dropped,
 each with a log line naming the client. `DnsServer` runs the sockets; `open_dns_sockets` makes
 them (ztunnel binds 127.0.0.1 and, when the namespace has it, ::1).
@@ -41,7 +42,6 @@ from ambient_fast.ztunnel.dns.message import (
     type_name,
 )
 from ambient_fast.ztunnel.dns.resolver import Answer, DnsResolver
-from ambient_fast.ztunnel.routing import SocketAddress
 from ambient_fast.ztunnel.sockets import set_mark
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 TCP_REQUEST_TIMEOUT = 5.0
 LOCALHOST = ("127.0.0.1", "::1")
 
-# Whose query it is: the client workload for a source address (None: not a workload).
-ClientResolver = Callable[[SocketAddress], Workload | None]
+# Whose query it is: the proxy's own workload (None: not in the store yet).
+ClientResolver = Callable[[], Workload | None]
 
 
 class Transport(enum.Enum):
@@ -121,10 +121,13 @@ class DnsHandler:
         self, data: bytes, query: Query, client: tuple[str, int], transport: Transport, limit: int
     ) -> bytes:
         question = query.question
-        source = self._client_of(SocketAddress.of(client[0], client[1]))
+        source = self._client_of()
         labels = dns_labels(type_name(question.qtype), transport.value, source)
         if self._metrics is not None:
             self._metrics.requests.inc(labels)
+        if source is None:
+            log.info("dns: SERVFAIL to %s: the proxy's workload is not known yet", _text(client))
+            return build_response(query, Rcode.SERVFAIL, limit=limit)
         resolution = self._resolver.resolve(source, question.name, question.qtype)
         if isinstance(resolution, Answer):
             records = list(resolution.records)
