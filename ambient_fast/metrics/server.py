@@ -134,15 +134,15 @@ class StatsEndpoint:
         return Response(200, tuple(headers), b"" if request.method == "HEAD" else body, keep_alive)
 
 
-class MetricsServer:
-    """Serves a `StatsEndpoint` on the loop. `start()` binds (port 0 picks a free port)."""
+class ConnectionServer:
+    """An asyncio TCP listener that tracks its connections; subclasses answer one connection
+    in `_serve`. `start()` binds (port 0 picks a free port); `close()` stops listening and
+    cancels open connections (not the one calling it: a handler may close its own server)."""
 
-    def __init__(
-        self, metrics: Metrics, host: str | None = None, port: int = DEFAULT_STATS_PORT
-    ) -> None:
-        self.endpoint = StatsEndpoint(metrics)
-        self._host = host  # None: every interface, as ztunnel's [::]:15020
+    def __init__(self, host: str | None, port: int, name: str) -> None:
+        self._host = host  # None: every interface
         self._port = port
+        self._name = name
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -154,17 +154,18 @@ class MetricsServer:
     @property
     def port(self) -> int:
         if self._server is None or not self._server.sockets:
-            raise RuntimeError("metrics server is not started")
+            raise RuntimeError(f"{self._name} server is not started")
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
     async def close(self) -> None:
-        """Stops listening and closes open scrape connections."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
+        current = asyncio.current_task()
+        others = [t for t in self._connections if t is not current]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -175,13 +176,28 @@ class MetricsServer:
         self._connections.add(task)
         try:
             await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the scraper went away or stalled: nothing to answer
+        except (
+            ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError
+        ) as e:  # fmt: skip
+            log.debug("%s: connection dropped: %r", self._name, e)  # went away or stalled
         finally:
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class MetricsServer(ConnectionServer):
+    """Serves a `StatsEndpoint` with keep-alive."""
+
+    def __init__(
+        self, metrics: Metrics, host: str | None = None, port: int = DEFAULT_STATS_PORT
+    ) -> None:
+        super().__init__(host, port, "metrics")  # None: every interface, as ztunnel's [::]:15020
+        self.endpoint = StatsEndpoint(metrics)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:

@@ -10,7 +10,6 @@ asyncio HTTP/1.1 server around such a handler (no keep-alive: these are debuggin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,15 +19,19 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from ambient_fast.identity.manager import CertificateManager
-from ambient_fast.metrics.server import BadRequest, Request, parse_request_head
+from ambient_fast.metrics.server import (
+    HEAD_TIMEOUT,
+    BadRequest,
+    ConnectionServer,
+    Request,
+    parse_request_head,
+)
 from ambient_fast.state import StateStore
 from ambient_fast.ztunnel.config import ZtunnelConfig
 from ambient_fast.ztunnel.config_dump import config_dump
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 16 * 1024
-HEAD_TIMEOUT = 10.0
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -66,62 +69,21 @@ class Reply:
 Handler = Callable[[Request], Reply]
 
 
-class HttpServer:
+class HttpServer(ConnectionServer):
     """Serves `handler` on host:port (port 0 picks one); one request per connection."""
 
     def __init__(self, handler: Handler, host: str | None, port: int, name: str) -> None:
+        super().__init__(host, port, name)
         self._handler = handler
-        self._host = host
-        self._port = port
-        self._name = name
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self._host, self._port, limit=MAX_HEAD_BYTES
-        )
-
-    @property
-    def port(self) -> int:
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError(f"{self._name} server is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        current = asyncio.current_task()
-        others = [t for t in self._connections if t is not current]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
-                reply = self._handler(parse_request_head(head))
-            except BadRequest as e:
-                reply = Reply(400, f"{e}\n".encode())
-            writer.write(reply.encode())
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
-            log.debug("%s: connection dropped: %r", self._name, e)
-        except TimeoutError:
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            reply = self._handler(parse_request_head(head))
+        except BadRequest as e:
+            reply = Reply(400, f"{e}\n".encode())
+        writer.write(reply.encode())
+        await writer.drain()
 
 
 def readiness(is_ready: Callable[[], bool]) -> Handler:
