@@ -245,8 +245,8 @@ class IstioFormatter(logging.Formatter):
         self._clock = clock
 
     def format(self, record: logging.LogRecord) -> str:
-        event = getattr(record, "istio_event", None)
-        if not isinstance(event, LogEvent):
+        event = event_of(record)
+        if event is None:
             scope = record.name.removeprefix(_SCOPE_PREFIX)
             fields: Fields = ()
             if record.exc_info and self._json:
@@ -257,6 +257,16 @@ class IstioFormatter(logging.Formatter):
         if record.exc_info and not self._json:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+# The LogRecord attribute an access-log line carries its LogEvent in.
+_EVENT_ATTRIBUTE = "istio_event"
+
+
+def event_of(record: logging.LogRecord) -> LogEvent | None:
+    """The access-log event a record carries (None: an ordinary log line)."""
+    event = getattr(record, _EVENT_ATTRIBUTE, None)
+    return event if isinstance(event, LogEvent) else None
 
 
 def istio_handler(log_format: LogFormat, stream: IO[str] | None = None) -> logging.Handler:
@@ -274,4 +284,4 @@ class AccessLog:
 
     def emit(self, event: LogEvent) -> None:
         if self._logger.isEnabledFor(event.level):
-            self._logger.log(event.level, event.message, extra={"istio_event": event})
+            self._logger.log(event.level, event.message, extra={_EVENT_ATTRIBUTE: event})

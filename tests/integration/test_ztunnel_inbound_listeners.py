@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from access_events import AccessEvents
 from google.protobuf.empty_pb2 import Empty
 from hbone_harness import dial, finish, recv_exactly, recv_to_eof, reset, sendall
 from sockets import tcp_pair
@@ -32,7 +33,7 @@ from ambient_fast.xds.proto import authorization_pb2 as apb
 from ambient_fast.xds.proto import workload_pb2 as wpb
 from ambient_fast.xds.resources import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from ambient_fast.ztunnel import inbound_passthrough
-from ambient_fast.ztunnel.accesslog import ACCESS_LOGGER, LogEvent
+from ambient_fast.ztunnel.accesslog import ACCESS_LOGGER
 from ambient_fast.ztunnel.inbound import PROXY_TLV_PEER_IDENTITY, InboundServer
 from ambient_fast.ztunnel.inbound_passthrough import InboundPlaintextServer
 from ambient_fast.ztunnel.sockets import (
@@ -174,25 +175,6 @@ async def echo_backend(ip: str, prefix_len: int = 0) -> AsyncIterator[Backend]:
         backend.listener.close()
 
 
-class AccessLines(logging.Handler):
-    """Collects the access log's events."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.events: list[LogEvent] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "istio_event", None)
-        if isinstance(event, LogEvent):
-            self.events.append(event)
-
-    def complete(self) -> list[dict[str, str | int]]:
-        return [dict(e.fields) for e in self.events if e.message == "connection complete"]
-
-    def failed(self) -> list[dict[str, str | int]]:
-        return [dict(e.fields) for e in self.events if e.message == "connection failed"]
-
-
 @dataclass
 class Node:
     ca: MeshCA
@@ -202,7 +184,7 @@ class Node:
     server: InboundServer
     backend: Backend
     client: HboneClient
-    access: AccessLines
+    access: AccessEvents
     cleanup: contextlib.AsyncExitStack
 
     def route(
@@ -253,7 +235,7 @@ def tls_identity(ca: MeshCA, spiffe_id: str) -> TlsIdentity:
 @pytest.fixture
 async def node() -> AsyncIterator[Node]:
     ca = MeshCA.create()
-    access = AccessLines()
+    access = AccessEvents()
     access_logger = logging.getLogger(ACCESS_LOGGER)
     access_logger.addHandler(access)
     old_level = access_logger.level
@@ -298,8 +280,8 @@ async def test_an_allowed_tunnel_reaches_the_pod_from_the_clients_ip(node: Node)
     await asyncio.wait_for(pumping, DEADLINE)
 
     assert [peer[0] for peer in node.backend.peers] == [CLIENT_IP]  # IP_TRANSPARENT source
-    await wait_until(lambda: node.access.complete() != [], "the access log line")
-    [line] = node.access.complete()
+    await wait_until(lambda: node.access.lines() != [], "the access log line")
+    [line] = node.access.lines()
     assert line["src.addr"].startswith(f"{CLIENT_IP}:")  # type: ignore[union-attr]
     assert line["dst.hbone_addr"] == f"{ECHO_IP}:{node.backend.port}"
     assert (line["src.identity"], line["dst.identity"]) == (CLIENT_ID, ECHO_ID)
@@ -323,7 +305,7 @@ async def test_a_deny_policy_answers_401_and_logs_the_policy(
     assert refused.value.status == 401
     assert "apps/no-client" in caplog.text
     assert node.backend.peers == []
-    [line] = node.access.complete()
+    [line] = node.access.lines()
     assert "apps/no-client" in str(line["error"])
     assert line["dst.workload"] == "echo"
     assert node.counter("closed", response_flags="DENY", destination_workload="echo") == 1
@@ -334,7 +316,7 @@ async def test_an_authority_for_another_ip_is_400(node: Node) -> None:
     with pytest.raises(HboneRejected) as refused:
         await node.client.open(route, [])
     assert refused.value.status == 400
-    [line] = node.access.failed()
+    [line] = node.access.lines("connection failed")
     assert "ip mismatch" in str(line["error"])
 
 
@@ -344,7 +326,7 @@ async def test_a_workload_that_is_not_local_is_503(node: Node) -> None:
     with pytest.raises(HboneRejected) as refused:
         await node.client.open(route, [])
     assert refused.value.status == 503
-    assert "unknown local workload" in str(node.access.failed()[0]["error"])
+    assert "unknown local workload" in str(node.access.lines("connection failed")[0]["error"])
 
 
 @pytest.mark.parametrize("moved", [0, 100_000], ids=["idle", "moved"])
@@ -362,8 +344,8 @@ async def test_a_policy_change_closes_a_live_connection_and_counts_its_bytes(
     with contextlib.suppress(ConnectionResetError):
         assert await recv_to_eof(app) == b""
     await wait_until(lambda: len(node.server.live) == 0, "the connection to be closed")
-    await wait_until(lambda: node.access.complete() != [], "the access log line")
-    [line] = node.access.complete()
+    await wait_until(lambda: node.access.lines() != [], "the access log line")
+    [line] = node.access.lines()
     assert str(line["error"]).startswith("connection closed due to policy rejection: ")
     assert "apps/closes-live" in str(line["error"])
     assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
@@ -384,8 +366,8 @@ async def test_a_reset_connection_is_counted_with_its_bytes_and_the_error(
 
     reset(app)  # the client's pump resets the stream: the server's pump fails
 
-    await wait_until(lambda: node.access.complete() != [], "the access log line")
-    [line] = node.access.complete()
+    await wait_until(lambda: node.access.lines() != [], "the access log line")
+    [line] = node.access.lines()
     assert str(line["error"]).startswith("hbone stream: ")
     assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
     assert node.counter("closed", response_flags="-") == 1
@@ -406,7 +388,7 @@ async def test_the_drain_deadline_cuts_a_live_connection_and_counts_its_bytes(
 
     with contextlib.suppress(ConnectionResetError):
         assert await recv_to_eof(app) == b""
-    [line] = node.access.complete()
+    [line] = node.access.lines()
     assert line["error"] == "cancelled"
     assert (line["bytes_sent"], line["bytes_recv"]) == (len(payload), len(payload))
     assert node.counter("closed", response_flags="-") == 1
@@ -460,8 +442,8 @@ async def test_plaintext_is_refused_where_policy_requires_an_identity(node: Node
     sock = await dial(ECHO_IP, plaintext.address[1])
     with sock, contextlib.suppress(ConnectionResetError):
         assert await recv_to_eof(sock) == b""
-    await wait_until(lambda: node.access.complete() != [], "the access log line")
-    [line] = node.access.complete()
+    await wait_until(lambda: node.access.lines() != [], "the access log line")
+    [line] = node.access.lines()
     assert "apps/strict" in str(line["error"])
     assert "src.identity" not in line
     assert node.counter("closed", response_flags="DENY", connection_security_policy="unknown") == 1
@@ -503,8 +485,8 @@ async def test_a_cut_plaintext_connection_counts_its_bytes(
 
         with pytest.raises(ConnectionResetError):
             await recv_to_eof(sock)
-    await wait_until(lambda: node.access.complete() != [], "the access log line")
-    [line] = node.access.complete()
+    await wait_until(lambda: node.access.lines() != [], "the access log line")
+    [line] = node.access.lines()
     if cut == "policy":
         assert "apps/strict" in str(line["error"])
         assert node.counter("closed", response_flags="DENY") == 1
@@ -528,8 +510,8 @@ async def test_a_reset_plaintext_connection_is_counted_with_its_bytes_and_the_er
 
     reset(sock)
 
-    await wait_until(lambda: node.access.complete() != [], "the access log line")
-    [line] = node.access.complete()
+    await wait_until(lambda: node.access.lines() != [], "the access log line")
+    [line] = node.access.lines()
     assert "Connection reset by peer" in str(line["error"])
     assert (line["bytes_sent"], line["bytes_recv"]) == (moved, moved)
     assert node.counter("closed", response_flags="-") == 1

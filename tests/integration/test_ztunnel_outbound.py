@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from access_events import AccessEvents
 from google.protobuf.wrappers_pb2 import UInt32Value
 from hbone_harness import (
     dial,
@@ -48,7 +49,7 @@ from ambient_fast.splice import SpliceRelay
 from ambient_fast.state import StateStore
 from ambient_fast.xds.proto import workload_pb2 as wpb
 from ambient_fast.xds.resources import ADDRESS_TYPE_URL
-from ambient_fast.ztunnel.accesslog import AccessLog, LogEvent
+from ambient_fast.ztunnel.accesslog import AccessLog
 from ambient_fast.ztunnel.outbound import OutboundProxy, OutboundSettings
 from ambient_fast.ztunnel.routing import eligible_endpoints, pick_weighted
 
@@ -157,20 +158,6 @@ async def backend(host: str, greeting: bytes = b"") -> AsyncIterator[int]:
         sock.close()
 
 
-class EventLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.events: list[LogEvent] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "istio_event", None)
-        if isinstance(event, LogEvent):
-            self.events.append(event)
-
-    def messages(self, message: str) -> list[dict[str, str | int]]:
-        return [dict(e.fields) for e in self.events if e.message == message]
-
-
 def count(family: Family, **labels: str) -> int:
     """The sum of a family's series whose labels include `labels`."""
     return sum(
@@ -188,7 +175,7 @@ class Node:
     store: StateStore
     proxy: OutboundProxy
     metrics: ConnectionMetrics
-    log: EventLog
+    log: AccessEvents
     hbone_port: int
     destinations: dict[tuple[str, int], tuple[str, int]]
     servers: dict[str, list[InboundTunnel]] = field(default_factory=dict)
@@ -213,9 +200,9 @@ class Node:
     async def closed(self, n: int) -> list[dict[str, str | int]]:
         """The first `n` `connection complete` lines, once written."""
         await wait_until(
-            lambda: len(self.log.messages("connection complete")) >= n, f"{n} complete lines"
+            lambda: len(self.log.lines("connection complete")) >= n, f"{n} complete lines"
         )
-        return self.log.messages("connection complete")[:n]
+        return self.log.lines("connection complete")[:n]
 
 
 async def exchange(sock: socket.socket, payload: bytes) -> bytes:
@@ -259,7 +246,7 @@ async def node(rng: random.Random | None = None) -> AsyncIterator[Node]:
         relay = SpliceRelay()
         stack.callback(relay.close)
         metrics = ConnectionMetrics()
-        events = EventLog()
+        events = AccessEvents()
         logger = logging.getLogger(f"test.outbound.{id(events)}")
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
@@ -467,11 +454,11 @@ async def test_a_loop_to_the_proxy_itself_is_refused_with_a_reset(target: str) -
         sock = await n.connect(SLEEP_IP, dst)
         with sock:
             await expect_reset(sock)
-        await wait_until(lambda: bool(n.log.messages("connection failed")), "a failed line")
-    [failed] = n.log.messages("connection failed")
+        await wait_until(lambda: bool(n.log.lines("connection failed")), "a failed line")
+    [failed] = n.log.lines("connection failed")
     assert failed["error"] == "loop" and failed["direction"] == "outbound"
     assert failed["dst.addr"] == "{}:{}".format(*dst)
-    assert count(n.metrics.opened) == 0 and not n.log.messages("connection complete")
+    assert count(n.metrics.opened) == 0 and not n.log.lines("connection complete")
 
 
 async def test_drain_refuses_new_connections_and_lets_open_ones_finish() -> None:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from access_events import AccessEvents
 
 from ambient_fast.cni.rules import PolicyRoute, capture_rules
 from ambient_fast.cni.ztunnel_server import PodHandoff, ZtunnelServer
@@ -23,7 +24,7 @@ from ambient_fast.netns import named_path
 from ambient_fast.topology import NodeSpec, PodSpec, Topology, build
 from ambient_fast.topology.commands import in_netns, run
 from ambient_fast.xds.proto import zds_pb2
-from ambient_fast.ztunnel.accesslog import ACCESS_LOGGER, LogEvent
+from ambient_fast.ztunnel.accesslog import ACCESS_LOGGER
 from ambient_fast.ztunnel.app import Ztunnel
 from ambient_fast.ztunnel.config import ProxyMode, WorkloadInfo, ZtunnelConfig
 from ambient_fast.ztunnel.zds import AddPod, DelPod, KeepPod, Request, SnapshotSent, encode_request
@@ -294,17 +295,6 @@ async def test_bad_adds_are_refused_by_name_and_the_proxy_serves_on(tmp_path: Pa
             assert app.ready()
 
 
-class Events(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.events: list[LogEvent] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "istio_event", None)
-        if isinstance(event, LogEvent) and event.message == "connection complete":
-            self.events.append(event)
-
-
 @contextlib.asynccontextmanager
 async def echo_server(topology: Topology, spec: PodSpec) -> AsyncIterator[None]:
     with topology.entered(topology.pods[spec.name].netns):
@@ -336,7 +326,7 @@ def capture(topology: Topology, spec: PodSpec) -> None:
 async def test_pod_to_pod_traffic_crosses_both_in_pod_proxies_over_hbone(tmp_path: Path) -> None:
     uds = tmp_path / "ztunnel.sock"
     config = shared_config(uds)
-    events = Events()
+    events = AccessEvents()
     access = logging.getLogger(ACCESS_LOGGER)
     access.addHandler(events)
     old_level = access.level
@@ -367,13 +357,13 @@ async def test_pod_to_pod_traffic_crosses_both_in_pod_proxies_over_hbone(tmp_pat
                     while chunk := await asyncio.wait_for(loop.sock_recv(client, 65536), 5):
                         echoed += chunk
                 assert echoed == payload
-                await wait_for(lambda: len(events.events) >= 2, "both access log lines")
+                await wait_for(lambda: len(events.lines()) >= 2, "both access log lines")
                 metrics = (await http_get(config.stats_port, "/metrics"))[1]
     finally:
         await agent.close()
         access.removeHandler(events)
         access.setLevel(old_level)
-    lines = {dict(e.fields)["direction"]: dict(e.fields) for e in events.events}
+    lines = {line["direction"]: line for line in events.lines()}
     outbound, inbound = lines["outbound"], lines["inbound"]
     assert outbound["src.workload"] == "sleep" and outbound["dst.workload"] == "echo"
     assert outbound["dst.hbone_addr"] == f"{ECHO.ip}:{ECHO_PORT}"

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from access_events import AccessEvents
 
 from ambient_fast import netns
 from ambient_fast.hbone import HboneClient
@@ -30,7 +31,7 @@ from ambient_fast.splice import SpliceRelay
 from ambient_fast.state import StateStore
 from ambient_fast.xds.proto import workload_pb2 as wpb
 from ambient_fast.xds.resources import ADDRESS_TYPE_URL
-from ambient_fast.ztunnel.accesslog import AccessLog, LogEvent
+from ambient_fast.ztunnel.accesslog import AccessLog
 from ambient_fast.ztunnel.outbound import OutboundProxy
 from ambient_fast.ztunnel.sockets import PROXY_MARK
 
@@ -109,17 +110,6 @@ class NoCertificates:
         raise AssertionError(f"a passthrough needs no certificate ({identity})")
 
 
-class Events(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.events: list[LogEvent] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "istio_event", None)
-        if isinstance(event, LogEvent):
-            self.events.append(event)
-
-
 @contextlib.asynccontextmanager
 async def echo_server(host: str) -> AsyncIterator[int]:
     server = await asyncio.start_server(_echo, host, 0)
@@ -150,7 +140,7 @@ async def test_redirect_reaches_the_original_destination_and_the_mark_is_not_red
         canonical_name="sleep",
     )
     assert not store.apply(ADDRESS_TYPE_URL, {sleep.uid: wpb.Address(workload=sleep)}).rejected
-    events = Events()
+    events = AccessEvents()
     logger = logging.getLogger(f"test.netns.outbound.{id(events)}")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -181,7 +171,7 @@ async def test_redirect_reaches_the_original_destination_and_the_mark_is_not_red
                         echoed += chunk
                 assert echoed == payload
                 deadline = loop.time() + DEADLINE
-                while not any(e.message == "connection complete" for e in events.events):
+                while not events.lines():
                     assert loop.time() < deadline, "no access log line"
                     await asyncio.sleep(0.005)
         finally:
@@ -193,7 +183,7 @@ async def test_redirect_reaches_the_original_destination_and_the_mark_is_not_red
             logger.removeHandler(events)
         # One redirect: the client's SYN. The proxy's marked upstream SYN went out as it was.
         assert redirected_packets(namespace) == 1
-    [line] = [dict(e.fields) for e in events.events if e.message == "connection complete"]
+    [line] = events.lines()
     assert line["dst.addr"] == f"{SERVER_IP}:{port}"
     assert line["src.workload"] == "sleep"
     assert (line["bytes_sent"], line["bytes_recv"]) == (len(payload), len(payload))
