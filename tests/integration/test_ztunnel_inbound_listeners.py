@@ -211,6 +211,15 @@ class Node:
         self.cleanup.push_async_callback(finish, pumping)
         return app, pumping
 
+    async def open_live(self, moved: int) -> tuple[socket.socket, asyncio.Task[PumpResult]]:
+        """A tunnel that has echoed `moved` bytes each way and is live on the server."""
+        app, pumping = await self.open()
+        payload = os.urandom(moved)
+        await sendall(app, payload)
+        assert await recv_exactly(app, moved) == payload
+        await wait_until(lambda: len(self.server.live) == 1, "the connection to be live")
+        return app, pumping
+
     def counter(self, family: str, **labels: str) -> int:
         metric = getattr(self.metrics.connections, family).to_metric()
         return sum(
@@ -333,11 +342,7 @@ async def test_a_workload_that_is_not_local_is_503(node: Node) -> None:
 async def test_a_policy_change_closes_a_live_connection_and_counts_its_bytes(
     node: Node, moved: int
 ) -> None:
-    payload = os.urandom(moved)
-    app, pumping = await node.open()
-    await sendall(app, payload)
-    assert await recv_exactly(app, moved) == payload
-    await wait_until(lambda: len(node.server.live) == 1, "the connection to be live")
+    app, pumping = await node.open_live(moved)
 
     set_policies(node.store, deny_client("closes-live"))
 
@@ -358,11 +363,7 @@ async def test_a_policy_change_closes_a_live_connection_and_counts_its_bytes(
 async def test_a_reset_connection_is_counted_with_its_bytes_and_the_error(
     node: Node, moved: int
 ) -> None:
-    payload = os.urandom(moved)
-    app, pumping = await node.open()
-    await sendall(app, payload)
-    assert await recv_exactly(app, moved) == payload
-    await wait_until(lambda: len(node.server.live) == 1, "the connection to be live")
+    app, pumping = await node.open_live(moved)
 
     reset(app)  # the client's pump resets the stream: the server's pump fails
 
