@@ -39,10 +39,13 @@ def iperf3_argv(port: int, streams: int, seconds: int, host: str = "127.0.0.1") 
     return ["-c", host, "-p", str(port), "-P", str(streams), "-t", str(seconds), "-J"]
 
 
-def throughput_gbps(port: int, streams: int, duration: float) -> float:
-    """Receiver-side Gbit/s of an iperf3 upload through 127.0.0.1:`port`."""
+def throughput_gbps(
+    port: int, streams: int, duration: float, host: str = "127.0.0.1", namespace: str | None = None
+) -> float:
+    """Receiver-side Gbit/s of an iperf3 upload to `host`:`port` (from `namespace`)."""
     seconds = whole_seconds(duration)
-    done = run_tool("iperf3", iperf3_argv(port, streams, seconds), seconds + _TOOL_SLACK_S, False)
+    argv = iperf3_argv(port, streams, seconds, host)
+    done = run_tool("iperf3", argv, seconds + _TOOL_SLACK_S, False, namespace)
     gbps = parse_iperf3(done.stdout, done.stderr)
     if done.returncode != 0:
         raise ToolError("iperf3", f"exited {done.returncode}", tail(done.stderr or done.stdout))
@@ -82,10 +85,13 @@ def sockperf_argv(port: int, seconds: int, host: str = "127.0.0.1") -> list[str]
     ]
 
 
-def latency(port: int, duration: float) -> Latency:
-    """p50/p99 of `sockperf ping-pong --tcp` through 127.0.0.1:`port`."""
+def latency(
+    port: int, duration: float, host: str = "127.0.0.1", namespace: str | None = None
+) -> Latency:
+    """p50/p99 of `sockperf ping-pong --tcp` to `host`:`port` (from `namespace`)."""
     seconds = whole_seconds(duration)
-    done = run_tool("sockperf", sockperf_argv(port, seconds), seconds + _TOOL_SLACK_S)
+    argv = sockperf_argv(port, seconds, host)
+    done = run_tool("sockperf", argv, seconds + _TOOL_SLACK_S, namespace=namespace)
     return parse_sockperf(done.stdout, done.stderr)
 
 

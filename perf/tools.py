@@ -79,13 +79,14 @@ def ensure_tools(tools: dict[str, str] = REQUIRED_TOOLS) -> None:
 
 
 def run_tool(
-    name: str, argv: list[str], timeout: float, check: bool = True
+    name: str, argv: list[str], timeout: float, check: bool = True, namespace: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Runs a tool to completion; raises ToolError (with its stderr) on timeout or, if `check`,
-    on a non-zero exit."""
+    """Runs a tool to completion (inside network namespace `namespace` if given); raises
+    ToolError (with its stderr) on timeout or, if `check`, on a non-zero exit."""
+    netns = ["ip", "netns", "exec", namespace] if namespace is not None else []
     try:
         done = subprocess.run(
-            [tool_path(name), *argv],
+            [*netns, tool_path(name), *argv],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -15,7 +15,6 @@ through them (the REDIRECT counter and istio_tcp_connections_opened_total).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,10 +28,8 @@ from perf.l4 import _sigterm_unwinds
 from perf.measure import (
     SOCKPERF_MESSAGES_PER_S,
     Latency,
-    iperf3_argv,
-    parse_iperf3,
-    parse_sockperf,
-    sockperf_argv,
+    latency,
+    throughput_gbps,
     whole_seconds,
 )
 from perf.netns import PodPair, pod_pair
@@ -48,7 +45,7 @@ from perf.pod_paths import (
 from perf.processes import running
 from perf.scenarios import Workspace
 from perf.tcp_echo import connection_rate, open_connections, raise_fd_limit
-from perf.tools import PerfError, ToolError, ensure_tools, tail, tool_path
+from perf.tools import PerfError, ToolError, ensure_tools, tool_path
 from perf.ztunnel_report import (
     PairFigures,
     PathResult,
@@ -65,46 +62,10 @@ IPERF3_PORT = 5201
 SOCKPERF_PORT = 11111
 ECHO_PORT = 7100
 DEFAULT_TUNNELS = 1000
-_TOOL_SLACK_S = 20.0
 
 
 def _progress(message: str) -> None:
     print(f"[perf ztunnel] {message}", file=sys.stderr, flush=True)
-
-
-# -- running tools in a pod ---------------------------------------------------------------
-
-
-def _tool_in(namespace: str, tool: str, argv: list[str], timeout: float) -> tuple[str, str, int]:
-    try:
-        done = subprocess.run(
-            ["ip", "netns", "exec", namespace, tool_path(tool), *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ToolError(tool, f"no result after {timeout:.0f} s") from exc
-    return done.stdout, done.stderr, done.returncode
-
-
-def throughput(pods: PodPair, host: str, port: int, seconds: int) -> float:
-    argv = iperf3_argv(port, 1, seconds, host)
-    out, err, code = _tool_in(pods.client_ns, "iperf3", argv, seconds + _TOOL_SLACK_S)
-    gbps = parse_iperf3(out, err)
-    if code != 0:
-        raise ToolError("iperf3", f"exited {code}", tail(err or out))
-    return gbps
-
-
-def latency(pods: PodPair, host: str, port: int, seconds: int) -> Latency:
-    argv = sockperf_argv(port, seconds, host)
-    out, err, code = _tool_in(pods.client_ns, "sockperf", argv, seconds + _TOOL_SLACK_S)
-    if code != 0:
-        raise ToolError("sockperf", f"exited {code}", tail(err or out))
-    return parse_sockperf(out, err)
 
 
 @contextmanager
@@ -131,7 +92,7 @@ def measure_throughput(
     ws: Workspace, pods: PodPair, path: PodPath, seconds: int, result: PathResult
 ) -> None:
     with backend(ws, pods, "iperf3") as port, path.route(ws, pods, port) as (host, dial):
-        result.gbps = throughput(pods, host, dial, seconds)
+        result.gbps = throughput_gbps(dial, 1, seconds, host, pods.client_ns)
     _progress(f"{path.name}: 1 stream {result.gbps:.2f} Gbit/s")
 
 
@@ -139,7 +100,7 @@ def measure_latency(
     ws: Workspace, pods: PodPair, path: PodPath, seconds: int, result: PathResult
 ) -> None:
     with backend(ws, pods, "sockperf") as port, path.route(ws, pods, port) as (host, dial):
-        result.latency = path.around_latency(lambda: latency(pods, host, dial, seconds))
+        result.latency = path.around_latency(lambda: latency(dial, seconds, host, pods.client_ns))
     _progress(f"{path.name}: p50 {result.latency.p50_ms:.3f} ms"
               f" p99 {result.latency.p99_ms:.3f} ms")  # fmt: skip
 
