@@ -272,8 +272,9 @@ class OutboundProxy:
         self._access_log.emit(entry.opened())
         protocol = ConnectionProtocol.HBONE if route.tunnelled else ConnectionProtocol.TCP
         key = object()
+        # The access log's addresses, already formatted once for this connection.
         tracked = ConnectionEntry(
-            str(client), str(route.original_destination), str(route.dial), protocol
+            entry.src_addr, str(route.original_destination), entry.dst_addr, protocol
         )
         self.open.add(key, tracked)
         to_upstream = to_downstream = 0
